@@ -1,0 +1,82 @@
+"""The ``slurm-vc`` entry point: a thin dispatcher.
+
+Each subcommand lives in ``slurm_vc/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``.  Command modules keep heavy imports (lxml, libvirt, pydantic) inside ``run`` so
+``slurm-vc --help`` starts fast.  Every :class:`~slurm_vc.errors.VcError` becomes one line on stderr
+and its documented exit code; nothing reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Optional
+
+# name -> (module under slurm_vc.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate-request": ("validate_request", "check a --vcluster value against the site catalog"),
+    "plan": ("plan", "dry run: print the placement plan for an allocation"),
+    "render": ("render", "dry run: print the libvirt domain XML for an allocation"),
+    "prolog": ("prolog", "(Slurm Prolog) start this node's guest for the job"),
+    "epilog": ("epilog", "(Slurm Epilog) tear down this node's guest for the job"),
+    "task-prolog": ("task_prolog", "(Slurm TaskProlog) export VC_* into the job's tasks"),
+    "gc": ("gc", "reap guests, overlays and pools of jobs Slurm no longer runs"),
+    "hosts": ("hosts", "inside a job: list the guests"),
+    "hostfile": ("hostfile", "inside a job: print an MPI/Spark hostfile for the guests"),
+    "run": ("run", "inside a job: run a command in the guests"),
+    "ssh": ("ssh", "inside a job: open a shell in guest N"),
+    "status": ("status", "inside a job: state of each guest"),
+    "console": ("console", "inside a job: tail of guest N's console log"),
+    "doctor": ("doctor", "check that this node can run virtual clusters"),
+    "sandbox": ("sandbox", "a local N-node Slurm cluster for demos and tests"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="slurm-vc",
+        description="Per-job virtual clusters of pinned, hugepage-backed guests for Slurm.",
+        epilog="Exit codes: 0 ok, 2 bad usage/request, 3 config, 4 placement, 5 image, 6 host, "
+        "7 hypervisor, 8 guest not ready, 9 Slurm, 10 state.  See docs/admin.md.",
+    )
+    parser.add_argument("--config", help="site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"slurm_vc.commands.{module_name}")
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI and return its exit code."""
+    from .errors import EXIT_USAGE, VcError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args._module.run(args) or 0)
+    except VcError as exc:
+        print(f"slurm-vc {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # last resort: one line for the user, the trace only on request
+        print(f"slurm-vc {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("SLURM_VC_DEBUG"):
+            traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Site configuration: the TOML file an admin writes, validated by pydantic models.
+
+The file lives at ``/etc/slurm/vcluster.toml`` unless ``SLURM_VC_CONFIG`` or ``--config`` says
+otherwise.  Unknown keys are errors, and every error names the file, the key and what is allowed.
+See ``packaging/vcluster.toml.example`` for a commented example.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, UsageError
+from .units import parse_size
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on old Pythons
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = "/etc/slurm/vcluster.toml"
+CONFIG_ENV = "SLURM_VC_CONFIG"
+
+IMAGE_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+PAGE_SIZES = {"2M": 2 * 1024 * 1024, "1G": 1024 * 1024 * 1024, "none": 0}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _size_field(value: object, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{what} must not be negative")
+        return value
+    try:
+        return parse_size(str(value), what=what)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class Readiness(_Strict):
+    """How the lifecycle decides a guest is ready."""
+
+    probe: Literal["agent", "serial", "tcp"] = "serial"
+    # serial: a line on the virtio-serial port "org.slurm-vc.ready" (or the console) containing this text
+    serial_line: str = "SLURM-VC-READY"
+    tcp_port: int = Field(22, ge=1, le=65535)
+
+
+class ImageSpec(_Strict):
+    """One catalog entry: a disk image, a direct-kernel boot, or both."""
+
+    description: str = ""
+    disk: Optional[str] = None
+    format: Literal["qcow2", "raw"] = "qcow2"
+    kernel: Optional[str] = None
+    initrd: Optional[str] = None
+    cmdline: str = ""
+    seed: Literal["cloud-init", "cmdline", "both"] = "cloud-init"
+    readiness: Readiness = Readiness()
+    login_user: str = "root"
+    default_vcpus: Optional[int] = Field(None, ge=1, le=4096)
+    default_memory: Optional[int] = None
+
+    @field_validator("default_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> Optional[int]:
+        return None if value is None else _size_field(value, "default_memory")
+
+    @field_validator("disk", "kernel", "initrd")
+    @classmethod
+    def _absolute(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"must be an absolute path, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _bootable(self) -> ImageSpec:
+        if not self.disk and not self.kernel:
+            raise ValueError("an image needs 'disk' (a disk image) or 'kernel' (direct kernel boot), or both")
+        if self.initrd and not self.kernel:
+            raise ValueError("'initrd' needs 'kernel'")
+        return self
+
+
+class HostSettings(_Strict):
+    """What the hypervisor and the host give every guest on this site."""
+
+    libvirt_uri: str = "qemu:///system"
+    domain_type: Literal["kvm", "qemu"] = "kvm"
+    cpu_mode: Literal["host-passthrough", "host-model", "custom"] = "host-passthrough"
+    cpu_model: Optional[str] = None
+    cpu_model_fallback: Literal["allow", "forbid"] = "allow"
+    hugepage_size: Literal["2M", "1G", "none"] = "2M"
+    lock_memory: bool = False
+    nosharepages: bool = True
+    reserved_cores: int = Field(0, ge=0, le=1024)
+    reserved_memory: int = 1024 * 1024 * 1024
+    allow_smt_siblings: bool = False
+    emulator: Optional[str] = None
+
+    @field_validator("reserved_memory", mode="before")
+    @classmethod
+    def _reserved(cls, value: object) -> int:
+        return _size_field(value, "reserved_memory")
+
+    @model_validator(mode="after")
+    def _model(self) -> HostSettings:
+        if self.cpu_mode == "custom" and not self.cpu_model:
+            raise ValueError("cpu_mode = 'custom' needs cpu_model (e.g. 'Skylake-Server')")
+        return self
+
+
+class NetworkSettings(_Strict):
+    """The guest network: bridge, addressing scheme and isolation."""
+
+    bridge: str = "vcbr0"
+    mtu: int = Field(1500, ge=576, le=65520)
+    subnet: str = "10.96.0.0/12"
+    mac_prefix: str = "52:54:00"
+    domain: str = "vc"
+    hostname_format: str = "vc{job}-{index}"
+    isolation: Literal["nftables", "none"] = "nftables"
+    allowed_host_ports: list[int] = []
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 network in CIDR form: {exc}") from None
+        if not net.is_private:
+            raise ValueError("must be a private (RFC 1918) network")
+        if net.prefixlen > 24:
+            raise ValueError("must be /24 or larger (each job gets a block of addresses)")
+        return value
+
+    @field_validator("mac_prefix")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        if not re.match(r"^[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}$", value.lower()):
+            raise ValueError("must be three hex octets like '52:54:00'")
+        if int(value[:2], 16) & 1:
+            raise ValueError("first octet must be unicast (even)")
+        return value.lower()
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", value):
+            raise ValueError("must be a Linux interface name (1-15 of A-Z a-z 0-9 _ . -)")
+        return value
+
+
+class Timeouts(_Strict):
+    """Bounds on every wait, in seconds."""
+
+    ready: float = Field(120.0, gt=0, le=3600)
+    destroy: float = Field(30.0, gt=0, le=600)
+    hugepage_compact_retries: int = Field(3, ge=0, le=20)
+    lock: float = Field(30.0, gt=0, le=600)
+
+
+class SiteConfig(_Strict):
+    """The whole site configuration."""
+
+    state_dir: str = "/var/lib/slurm-vc"
+    host: HostSettings = HostSettings()
+    network: NetworkSettings = NetworkSettings()
+    timeouts: Timeouts = Timeouts()
+    images: dict[str, ImageSpec] = {}
+    source: str = Field("<defaults>", exclude=True)
+
+    @field_validator("images")
+    @classmethod
+    def _names(cls, images: dict[str, ImageSpec]) -> dict[str, ImageSpec]:
+        for name in images:
+            if not re.match(IMAGE_NAME_RE, name):
+                raise ValueError(
+                    f"image name {name!r} is not allowed: use lower-case letters, digits, '.', '_' and '-'"
+                    " (at most 63, starting with a letter or digit)"
+                )
+        return images
+
+    @property
+    def page_size(self) -> int:
+        """Hugepage size in bytes, 0 when guests use normal pages."""
+        return PAGE_SIZES[self.host.hugepage_size]
+
+
+def _format_validation_error(path: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key '{key}'")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: key '{key}': {message}")
+    return "; ".join(lines)
+
+
+def config_from_mapping(data: dict, source: str = "<mapping>") -> SiteConfig:
+    """Validate a parsed TOML mapping.  Raises ConfigError naming ``source`` and the key."""
+    if "source" in data:
+        raise ConfigError(f"{source}: unknown key 'source'")
+    try:
+        return SiteConfig.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def config_path(explicit: Optional[str] = None) -> str:
+    """The config file to read: ``--config``, then ``$SLURM_VC_CONFIG``, then the default."""
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load_config(explicit: Optional[str] = None) -> SiteConfig:
+    """Read and validate the site configuration file."""
+    path = config_path(explicit)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: configuration file not found (set {CONFIG_ENV} or pass --config)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_mapping(data, source=path)
