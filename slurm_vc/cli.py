@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 2 bad usage/request, 3 config, 4 placement, 5 image, 6 host, "
         "7 hypervisor, 8 guest not ready, 9 Slurm, 10 state.  See docs/admin.md.",
     )
-    parser.add_argument("--config", help="site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)")
+    parser.add_argument(
+        "--config", help="site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"slurm_vc.commands.{module_name}")

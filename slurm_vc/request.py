@@ -52,12 +52,15 @@ def parse_request(text: str, config: SiteConfig) -> VClusterRequest:
     if text is None or text.strip() == "":
         raise RequestError(f"--vcluster needs a value: {GRAMMAR_HELP}")
     if len(text) > MAX_REQUEST_LENGTH:
-        raise RequestError(f"--vcluster value is {len(text)} characters long; at most {MAX_REQUEST_LENGTH} allowed")
+        raise RequestError(
+            f"--vcluster value is {len(text)} characters long; at most {MAX_REQUEST_LENGTH} allowed"
+        )
     if not _ALLOWED_CHARS_RE.match(text):
         bad = sorted({ch for ch in text if not _ALLOWED_CHARS_RE.match(ch)})
         shown = " ".join(repr(ch) for ch in bad)
         raise RequestError(
-            f"--vcluster value contains {shown}: only letters, digits and . _ - = , are allowed ({GRAMMAR_HELP})"
+            f"--vcluster value contains {shown}: only letters, digits and . _ - = , are allowed"
+            f" ({GRAMMAR_HELP})"
         )
     image, *options = text.split(",")
     if image not in config.images:
@@ -78,7 +81,9 @@ def parse_request(text: str, config: SiteConfig) -> VClusterRequest:
     vcpus = None
     if "vcpus" in values:
         if not values["vcpus"].isdigit() or not 1 <= int(values["vcpus"]) <= 4096:
-            raise RequestError(f"--vcluster vcpus={values['vcpus']!r}: expected a whole number from 1 to 4096")
+            raise RequestError(
+                f"--vcluster vcpus={values['vcpus']!r}: expected a whole number from 1 to 4096"
+            )
         vcpus = int(values["vcpus"])
     memory = None
     if "mem" in values:

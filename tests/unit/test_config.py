@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from slurm_vc.config import config_from_mapping, load_config
+from slurm_vc.errors import ConfigError
+from slurm_vc.units import GIB
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_is_valid():
+    config = load_config(str(REPO / "packaging" / "vcluster.toml.example"))
+    assert "centos7-hpc" in config.images
+    assert config.host.reserved_memory == GIB
+    assert config.page_size == 2 * 1024 * 1024
+
+
+def test_env_var_selects_file(config_file, monkeypatch):
+    monkeypatch.setenv("SLURM_VC_CONFIG", str(config_file))
+    assert load_config().host.domain_type == "qemu"
+
+
+def test_explicit_path_wins_over_env(config_file, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_VC_CONFIG", str(tmp_path / "missing.toml"))
+    assert load_config(str(config_file)).source == str(config_file)
+
+
+def test_missing_file_is_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+def test_malformed_toml_names_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[host\nx=")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "TOML" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"host": {"bogus": 1}}, "unknown key 'host.bogus'"),
+        ({"hots": {}}, "unknown key 'hots'"),
+        ({"host": {"hugepage_size": "4M"}}, "host.hugepage_size"),
+        ({"host": {"domain_type": "xen"}}, "host.domain_type"),
+        ({"host": {"cpu_mode": "custom"}}, "cpu_model"),
+        ({"host": {"reserved_memory": "12XB"}}, "host.reserved_memory"),
+        ({"host": {"reserved_memory": "-1G"}}, "host.reserved_memory"),
+        ({"network": {"subnet": "8.8.8.0/24"}}, "private"),
+        ({"network": {"subnet": "10.0.0.0/28"}}, "/24 or larger"),
+        ({"network": {"mac_prefix": "53:54:00"}}, "unicast"),
+        ({"network": {"mtu": 70000}}, "network.mtu"),
+        ({"images": {"BAD NAME": {"disk": "/a"}}}, "not allowed"),
+        ({"images": {"x": {"disk": "relative.qcow2"}}}, "absolute path"),
+        ({"images": {"x": {}}}, "needs 'disk'"),
+        ({"images": {"x": {"disk": "/a", "surprise": 1}}}, "unknown key 'images.x.surprise'"),
+    ],
+)
+def test_bad_config_names_key_and_allowed(data, needle):
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(data, source="site.toml")
+    assert "site.toml" in str(info.value)
+    assert needle in str(info.value)

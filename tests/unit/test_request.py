@@ -1,0 +1,59 @@
+import pytest
+
+from slurm_vc.cli import main
+from slurm_vc.errors import EXIT_CONFIG, EXIT_USAGE, RequestError
+from slurm_vc.request import MAX_REQUEST_LENGTH, parse_request
+from slurm_vc.units import GIB
+
+
+def test_plain_image(site_config):
+    request = parse_request("centos7-hpc", site_config)
+    assert request.image == "centos7-hpc" and request.vcpus is None and request.memory is None
+
+
+def test_options(site_config):
+    request = parse_request("tiny,vcpus=4,mem=8G,pages=1G", site_config)
+    assert (request.vcpus, request.memory, request.page_size) == (4, 8 * GIB, GIB)
+    assert request.to_spec() == "tiny,vcpus=4,mem=8192M,pages=1G"
+    assert parse_request(request.to_spec(), site_config) == request
+
+
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ("", "needs a value"),
+        ("nosuch", "available images: centos7-hpc, tiny"),
+        ("tiny,vcpus=0", "1 to 4096"),
+        ("tiny,vcpus=x", "1 to 4096"),
+        ("tiny,mem=12XB", "mem"),
+        ("tiny,mem=-1G", "invalid --vcluster mem '-1G'"),
+        ("tiny,pages=4M", "2M, 1G or none"),
+        ("tiny,colour=blue", "allowed: vcpus, mem, pages"),
+        ("tiny,vcpus", "KEY=VALUE"),
+        ("tiny,vcpus=2,vcpus=3", "twice"),
+        ("tiny;rm -rf /", "only letters"),
+        ("tiny $(id)", "only letters"),
+        ("x" * (MAX_REQUEST_LENGTH + 1), "at most"),
+    ],
+)
+def test_bad_requests(site_config, value, needle):
+    with pytest.raises(RequestError) as info:
+        parse_request(value, site_config)
+    assert needle in str(info.value)
+
+
+def test_cli_validate_ok(config_file, capsys):
+    assert main(["--config", str(config_file), "validate-request", "tiny,vcpus=2"]) == 0
+    assert capsys.readouterr().out.strip() == "tiny,vcpus=2"
+
+
+def test_cli_validate_rejects_one_line(config_file, capsys):
+    assert main(["--config", str(config_file), "validate-request", "--quiet", "nosuch"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "unknown image 'nosuch'" in err and "centos7-hpc, tiny" in err
+
+
+def test_cli_missing_config(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "x.toml"), "validate-request", "tiny"]) == EXIT_CONFIG
+    assert "not found" in capsys.readouterr().err
