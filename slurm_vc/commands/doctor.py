@@ -1,4 +1,4 @@
-"""``slurm-vc doctor``: not implemented yet (owner replaces this module)."""
+"""``slurm-vc doctor``: a pass/fail table of what this node needs to run virtual clusters."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--slurm-conf", default=None, help="slurm.conf to check (default: $SLURM_CONF or /etc/slurm)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
+    from ..config import load_config
+    from ..doctor import FAIL, HostPaths, format_table, run_checks
+    from ..errors import EXIT_HOST
 
-    raise UsageError("'doctor' is not implemented yet")
+    config = load_config(args.config)
+    paths = HostPaths(slurm_conf=args.slurm_conf) if args.slurm_conf else HostPaths()
+    checks = run_checks(config, paths)
+    print(format_table(checks))
+    return EXIT_HOST if any(check.status == FAIL for check in checks) else 0

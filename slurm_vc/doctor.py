@@ -1,0 +1,292 @@
+"""Node readiness checks for ``slurm-vc doctor``: each check is a small function returning a Check.
+
+Checks read the host (sysfs, /proc, the Slurm config files, libvirt) but change nothing.  Roots are
+injectable so tests can point them at recorded trees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import SiteConfig
+
+PASS, WARN, FAIL = "pass", "warn", "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's table."""
+
+    name: str
+    status: str  # PASS, WARN or FAIL
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where the host's facts are read from (injectable for tests)."""
+
+    proc: str = "/proc"
+    sys: str = "/sys"
+    dev_kvm: str = "/dev/kvm"
+    slurm_conf: str = "/etc/slurm/slurm.conf"
+
+
+def check_virtualisation(config: SiteConfig, paths: HostPaths) -> Check:
+    """Is hardware virtualisation usable, and is /dev/kvm a nested/paravirtual one (kvm-pvm)?"""
+    name = "hardware virtualisation"
+    cpuinfo = _read(os.path.join(paths.proc, "cpuinfo")) or ""
+    flags = set(re.findall(r"\b(vmx|svm)\b", cpuinfo))
+    pvm = os.path.isdir(os.path.join(paths.sys, "module", "kvm_pvm"))
+    has_kvm = os.path.exists(paths.dev_kvm)
+    if config.host.domain_type == "qemu":
+        detail = "domain_type = 'qemu' (TCG emulation, slow); "
+        detail += "/dev/kvm present" if has_kvm else "/dev/kvm absent"
+        return Check(name, WARN, detail, "set host.domain_type = 'kvm' on hosts with VT-x/AMD-V")
+    if not has_kvm:
+        return Check(
+            name, FAIL, f"{paths.dev_kvm} does not exist", "load kvm_intel/kvm_amd and enable VT-x/AMD-V"
+        )
+    if pvm and not flags:
+        return Check(
+            name,
+            FAIL,
+            "/dev/kvm is kvm-pvm (pagetable-based nested virtualisation): stock guest kernels hang under it",
+            "use a host with VT-x/AMD-V, or set host.domain_type = 'qemu' (TCG) for tests",
+        )
+    if not flags:
+        return Check(
+            name, WARN, "/dev/kvm exists but the CPU shows no vmx/svm flag (nested?)", "check guests boot"
+        )
+    return Check(name, PASS, f"/dev/kvm present, CPU flag {'/'.join(sorted(flags))}")
+
+
+def _hugetlbfs_mounts(paths: HostPaths) -> dict[str, str]:
+    """page size text ('2M', '1G') -> mount point, from /proc/mounts."""
+    mounts: dict[str, str] = {}
+    for line in (_read(os.path.join(paths.proc, "mounts")) or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "hugetlbfs":
+            match = re.search(r"pagesize=(\d+[KMG])", fields[3])
+            mounts[match.group(1) if match else "2M"] = fields[1]
+    return mounts
+
+
+def check_hugepages(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """hugetlbfs mounted for the configured page size, and pool headroom per NUMA node."""
+    size = config.host.hugepage_size
+    if size == "none":
+        return [Check("hugepages", PASS, "hugepage_size = 'none': guests use normal pages")]
+    checks = []
+    mounts = _hugetlbfs_mounts(paths)
+    if size in mounts:
+        checks.append(Check(f"hugetlbfs {size}", PASS, f"mounted at {mounts[size]}"))
+    else:
+        checks.append(
+            Check(
+                f"hugetlbfs {size}",
+                FAIL,
+                f"no hugetlbfs mount with pagesize={size}",
+                f"mount -t hugetlbfs -o pagesize={size} none /dev/hugepages{'1G' if size == '1G' else ''}"
+                " before libvirtd starts, then restart libvirtd",
+            )
+        )
+    kib = 2048 if size == "2M" else 1048576
+    node_root = Path(paths.sys, "devices", "system", "node")
+    for node_dir in sorted(node_root.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
+        pool = node_dir / "hugepages" / f"hugepages-{kib}kB"
+        if not pool.is_dir():
+            checks.append(
+                Check(
+                    f"pool {node_dir.name} {size}",
+                    FAIL,
+                    "kernel has no pool of this size",
+                    "use hugepage_size 2M",
+                )
+            )
+            continue
+        free_kib = _meminfo_free_kib(node_dir / "meminfo")
+        headroom = free_kib // kib if free_kib is not None else None
+        total = (_read(pool / "nr_hugepages") or "?").strip()
+        free = (_read(pool / "free_hugepages") or "?").strip()
+        detail = f"{total} pages, {free} free"
+        if headroom is not None:
+            detail += f"; room for about {headroom} more"
+        status = PASS if headroom is None or headroom > 0 else WARN
+        checks.append(
+            Check(f"pool {node_dir.name} {size}", status, detail, "" if status == PASS else "free memory")
+        )
+    return checks
+
+
+def _meminfo_free_kib(path: Path) -> Optional[int]:
+    match = re.search(r"MemFree:\s+(\d+) kB", _read(path) or "")
+    return int(match.group(1)) if match else None
+
+
+def check_libvirt(config: SiteConfig, paths: HostPaths) -> Check:
+    """Can we reach libvirtd at the configured URI?"""
+    try:
+        import libvirt
+    except ImportError:
+        return Check("libvirtd", FAIL, "libvirt-python is not installed", "pip install libvirt-python")
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(config.host.libvirt_uri)
+    except libvirt.libvirtError as exc:
+        return Check(
+            "libvirtd",
+            FAIL,
+            f"cannot connect to {config.host.libvirt_uri}: {exc.get_error_message()}",
+            "start libvirtd (after mounting hugetlbfs) or fix host.libvirt_uri",
+        )
+    try:
+        version = conn.getLibVersion()
+    finally:
+        conn.close()
+    major, minor = version // 1000000, (version // 1000) % 1000
+    return Check("libvirtd", PASS, f"{config.host.libvirt_uri} reachable (libvirt {major}.{minor})")
+
+
+def check_bridge(config: SiteConfig, paths: HostPaths) -> Check:
+    """The configured bridge exists and its MTU is at least the configured one."""
+    bridge, mtu = config.network.bridge, config.network.mtu
+    net = Path(paths.sys, "class", "net", bridge)
+    if not (net / "bridge").is_dir():
+        return Check(
+            f"bridge {bridge}",
+            FAIL,
+            "does not exist" if not net.exists() else "exists but is not a bridge",
+            f"create it over the cluster network, or set network.bridge (now {bridge!r})",
+        )
+    actual = int((_read(net / "mtu") or "0").strip() or 0)
+    if actual < mtu:
+        return Check(
+            f"bridge {bridge}",
+            FAIL,
+            f"MTU {actual} is lower than network.mtu = {mtu}",
+            f"ip link set {bridge} mtu {mtu}, or lower network.mtu",
+        )
+    return Check(f"bridge {bridge}", PASS, f"present, MTU {actual} (guests use {mtu})")
+
+
+def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """Every catalog image's files exist and are readable."""
+    if not config.images:
+        return [Check("images", FAIL, "the catalog is empty", "add an [images.NAME] table")]
+    checks = []
+    for name, image in sorted(config.images.items()):
+        files = [path for path in (image.disk, image.kernel, image.initrd) if path]
+        bad = [path for path in files if not os.access(path, os.R_OK)]
+        if bad:
+            checks.append(
+                Check(f"image {name}", FAIL, f"not readable: {', '.join(bad)}", "fix the path in the catalog")
+            )
+        else:
+            checks.append(Check(f"image {name}", PASS, ", ".join(files)))
+    return checks
+
+
+def _slurm_settings(text: str) -> dict[str, str]:
+    settings = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        match = re.match(r"^([A-Za-z]+)\s*=\s*(.*)$", line)
+        if match:
+            settings[match.group(1).lower()] = match.group(2).strip()
+    return settings
+
+
+def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """slurm.conf has Prolog, Epilog, TaskProlog, PrologFlags=Alloc(,DeferBatch) and the plugstack entry."""
+    conf_path = os.environ.get("SLURM_CONF") or paths.slurm_conf
+    text = _read(conf_path)
+    if text is None:
+        return [Check("slurm.conf", FAIL, f"cannot read {conf_path}", "set SLURM_CONF or install Slurm")]
+    settings = _slurm_settings(text)
+    checks = []
+    for key, needle in (("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "task-prolog")):
+        value = settings.get(key.lower(), "")
+        if "slurm-vc" in value or needle in value:
+            checks.append(Check(f"slurm.conf {key}", PASS, value))
+        else:
+            checks.append(
+                Check(
+                    f"slurm.conf {key}",
+                    FAIL,
+                    f"{key} = {value or '(unset)'}",
+                    f"{key}=/usr/libexec/slurm-vc/...",
+                )
+            )
+    flags = {flag.strip().lower() for flag in settings.get("prologflags", "").split(",") if flag.strip()}
+    missing = [flag for flag in ("alloc", "deferbatch") if flag not in flags]
+    checks.append(
+        Check(
+            "slurm.conf PrologFlags",
+            FAIL if missing else PASS,
+            settings.get("prologflags", "(unset)"),
+            "PrologFlags=Alloc,DeferBatch (guests ready before the script)" if missing else "",
+        )
+    )
+    plugstack = settings.get("plugstackconfig") or os.path.join(os.path.dirname(conf_path), "plugstack.conf")
+    plug_text = _read(plugstack) or ""
+    if "slurm_vc" in plug_text or "slurm-vc" in plug_text or "vcluster" in plug_text:
+        checks.append(Check("plugstack entry", PASS, plugstack))
+    else:
+        checks.append(
+            Check(
+                "plugstack entry",
+                FAIL,
+                f"no slurm-vc plugin line in {plugstack}",
+                "add: required /usr/lib/slurm/slurm_vc.so validator=/usr/bin/slurm-vc",
+            )
+        )
+    return checks
+
+
+CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
+    check_virtualisation,
+    check_hugepages,
+    check_libvirt,
+    check_bridge,
+    check_images,
+    check_slurm,
+]
+
+
+def run_checks(config: SiteConfig, paths: HostPaths = HostPaths()) -> list[Check]:
+    """Run every check; a check that crashes is reported as a failure, never raised."""
+    results: list[Check] = []
+    for check in CHECKS:
+        try:
+            outcome = check(config, paths)
+        except Exception as exc:  # a doctor must report, not die
+            outcome = Check(check.__name__.removeprefix("check_"), FAIL, f"check failed: {exc}")
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+    return results
+
+
+def format_table(checks: list[Check]) -> str:
+    """A plain-text table: status, check, detail, and the fix under each failure."""
+    width = max(len(check.name) for check in checks)
+    lines = []
+    for check in checks:
+        lines.append(f"[{check.status:>4}] {check.name:<{width}}  {check.detail}")
+        if check.status != PASS and check.fix:
+            lines.append(f"{'':7} {'':<{width}}  fix: {check.fix}")
+    failed = sum(check.status == FAIL for check in checks)
+    lines.append(f"{len(checks)} checks, {failed} failed")
+    return "\n".join(lines)
+
+
+def _read(path: object, default: Optional[str] = None) -> Optional[str]:
+    try:
+        return Path(str(path)).read_text()
+    except OSError:
+        return default

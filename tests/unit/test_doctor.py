@@ -1,0 +1,108 @@
+"""doctor checks against recorded host trees in tmp_path (the live host is exercised by e2e)."""
+
+from pathlib import Path
+
+from slurm_vc.config import config_from_mapping
+from slurm_vc.doctor import (
+    FAIL,
+    PASS,
+    WARN,
+    HostPaths,
+    check_bridge,
+    check_hugepages,
+    check_images,
+    check_slurm,
+    check_virtualisation,
+    format_table,
+    run_checks,
+)
+
+
+def make_host(
+    tmp_path: Path, *, flags="vmx", pvm=False, kvm=True, hugetlbfs=True, bridge_mtu=9000
+) -> HostPaths:
+    proc, sys = tmp_path / "proc", tmp_path / "sys"
+    proc.mkdir(parents=True)
+    (proc / "cpuinfo").write_text(f"processor : 0\nflags : fpu {flags} sse\n")
+    mounts = "none /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n" if hugetlbfs else ""
+    (proc / "mounts").write_text("proc /proc proc rw 0 0\n" + mounts)
+    if pvm:
+        (sys / "module" / "kvm_pvm").mkdir(parents=True)
+    pool = sys / "devices/system/node/node0/hugepages/hugepages-2048kB"
+    pool.mkdir(parents=True)
+    (pool / "nr_hugepages").write_text("4\n")
+    (pool / "free_hugepages").write_text("4\n")
+    (sys / "devices/system/node/node0/meminfo").write_text("Node 0 MemFree:        4194304 kB\n")
+    net = sys / "class/net/vcbr0"
+    (net / "bridge").mkdir(parents=True)
+    (net / "mtu").write_text(f"{bridge_mtu}\n")
+    dev_kvm = tmp_path / "kvm"
+    if kvm:
+        dev_kvm.write_text("")
+    return HostPaths(
+        proc=str(proc), sys=str(sys), dev_kvm=str(dev_kvm), slurm_conf=str(tmp_path / "slurm.conf")
+    )
+
+
+def config(**host):
+    return config_from_mapping(
+        {"host": host, "network": {"mtu": 9000}, "images": {"a": {"kernel": "/nonexistent"}}}
+    )
+
+
+def test_virtualisation_pass_fail_and_pvm(tmp_path):
+    assert check_virtualisation(config(), make_host(tmp_path / "a")).status == PASS
+    pvm = check_virtualisation(config(), make_host(tmp_path / "b", flags="", pvm=True))
+    assert pvm.status == FAIL and "kvm-pvm" in pvm.detail and "domain_type" in pvm.fix
+    assert check_virtualisation(config(), make_host(tmp_path / "c", kvm=False)).status == FAIL
+    assert check_virtualisation(config(domain_type="qemu"), make_host(tmp_path / "d")).status == WARN
+
+
+def test_hugepages_mount_and_headroom(tmp_path):
+    checks = check_hugepages(config(), make_host(tmp_path / "a"))
+    assert [c.status for c in checks] == [PASS, PASS]
+    assert "room for about 2048 more" in checks[1].detail
+    missing = check_hugepages(config(), make_host(tmp_path / "b", hugetlbfs=False))
+    assert missing[0].status == FAIL and "pagesize=2M" in missing[0].fix
+    one_gig = check_hugepages(config(hugepage_size="1G"), make_host(tmp_path / "c"))
+    assert [c.status for c in one_gig] == [FAIL, FAIL]
+
+
+def test_bridge_missing_and_small_mtu(tmp_path):
+    assert check_bridge(config(), make_host(tmp_path / "a")).status == PASS
+    small = check_bridge(config(), make_host(tmp_path / "b", bridge_mtu=1500))
+    assert small.status == FAIL and "1500" in small.detail and "9000" in small.detail
+    other = config_from_mapping({"network": {"bridge": "nosuchbr"}})
+    assert "does not exist" in check_bridge(other, make_host(tmp_path / "c")).detail
+
+
+def test_images_unreadable(tmp_path):
+    image = tmp_path / "vmlinuz"
+    image.write_text("k")
+    good = config_from_mapping(
+        {"images": {"ok": {"kernel": str(image)}, "bad": {"disk": "/nonexistent.qcow2"}}}
+    )
+    results = {c.name: c.status for c in check_images(good, make_host(tmp_path / "a"))}
+    assert results == {"image bad": FAIL, "image ok": PASS}
+
+
+def test_slurm_lines(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    host = make_host(tmp_path)
+    assert check_slurm(config(), host)[0].status == FAIL
+    (tmp_path / "plugstack.conf").write_text("required /usr/lib/slurm/slurm_vc.so\n")
+    Path(host.slurm_conf).write_text(
+        "Prolog=/usr/libexec/slurm-vc/slurm-vc-prolog\nEpilog=/usr/libexec/slurm-vc/slurm-vc-epilog\n"
+        "TaskProlog=/usr/libexec/slurm-vc/slurm-vc-task-prolog\nPrologFlags=Alloc,Contain,DeferBatch\n"
+    )
+    assert all(c.status == PASS for c in check_slurm(config(), host))
+    Path(host.slurm_conf).write_text("PrologFlags=Alloc\n")
+    flags = {c.name: c for c in check_slurm(config(), host)}["slurm.conf PrologFlags"]
+    assert flags.status == FAIL and "DeferBatch" in flags.fix
+
+
+def test_run_checks_never_raises_and_formats(tmp_path):
+    checks = run_checks(config(libvirt_uri="test:///default"), make_host(tmp_path))
+    table = format_table(checks)
+    assert "checks," in table.splitlines()[-1]
+    assert any(c.name == "libvirtd" for c in checks)
