@@ -125,6 +125,8 @@ class NetworkSettings(_Strict):
     bridge: str = "vcbr0"
     mtu: int = Field(1500, ge=576, le=65520)
     subnet: str = "10.96.0.0/12"
+    # Each job gets one block of this prefix length from the subnet; block 0 is kept for host addresses.
+    block_prefix: int = Field(24, ge=8, le=30)
     mac_prefix: str = "52:54:00"
     domain: str = "vc"
     hostname_format: str = "vc{job}-{index}"
@@ -152,6 +154,12 @@ class NetworkSettings(_Strict):
         if int(value[:2], 16) & 1:
             raise ValueError("first octet must be unicast (even)")
         return value.lower()
+
+    @model_validator(mode="after")
+    def _blocks(self) -> NetworkSettings:
+        if self.block_prefix <= ipaddress.IPv4Network(self.subnet).prefixlen:
+            raise ValueError("block_prefix must be longer than the subnet's prefix (block 0 is for hosts)")
+        return self
 
     @field_validator("bridge")
     @classmethod
