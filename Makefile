@@ -38,3 +38,33 @@ lint: deps
 
 clean-sandbox:
 	-$(SLURM_VC) sandbox down
+
+## make install: what the Debian and RPM packages install (DESTDIR-aware).
+PREFIX ?= /usr/local
+PYTHON ?= /usr/bin/python3
+PYTHON_SITE ?= $(PREFIX)/lib/python3/dist-packages
+SLURM_PLUGIN_DIR ?= /usr/lib/x86_64-linux-gnu/slurm-wlm
+SYSTEMD_UNIT_DIR ?= /lib/systemd/system
+LIBEXEC_DIR ?= $(PREFIX)/libexec/slurm-vc
+SHARE_DIR ?= $(PREFIX)/share/slurm-vc
+
+.PHONY: install
+install:
+	install -d $(DESTDIR)$(PYTHON_SITE) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBEXEC_DIR) \
+		$(DESTDIR)$(SLURM_PLUGIN_DIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(SHARE_DIR) \
+		$(DESTDIR)/var/lib/slurm-vc
+	tar -cf - --exclude=__pycache__ --exclude='*.pyc' slurm_vc | tar -xf - -C $(DESTDIR)$(PYTHON_SITE)
+	printf '#!%s\nimport sys\nfrom slurm_vc.cli import main\nsys.exit(main())\n' $(PYTHON) \
+		> $(DESTDIR)$(PREFIX)/bin/slurm-vc
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/slurm-vc
+	for f in prolog/* epilog/*; do \
+		sed -e 's|@PYTHON@|$(PYTHON)|g' -e 's|@LIBEXEC_DIR@|$(LIBEXEC_DIR)|g' $$f \
+			> $(DESTDIR)$(LIBEXEC_DIR)/$$(basename $$f); \
+		chmod 755 $(DESTDIR)$(LIBEXEC_DIR)/$$(basename $$f); \
+	done
+	install -m 755 spank/slurm_vc.so $(DESTDIR)$(SLURM_PLUGIN_DIR)/slurm_vc.so
+	install -m 644 packaging/systemd/slurm-vc-gc.service packaging/systemd/slurm-vc-gc.timer \
+		$(DESTDIR)$(SYSTEMD_UNIT_DIR)/
+	sed -i 's|/usr/bin/slurm-vc|$(PREFIX)/bin/slurm-vc|' $(DESTDIR)$(SYSTEMD_UNIT_DIR)/slurm-vc-gc.service
+	install -m 644 packaging/vcluster.toml.example packaging/plugstack.conf.example \
+		packaging/slurm.conf.snippet $(DESTDIR)$(SHARE_DIR)/
