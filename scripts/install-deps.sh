@@ -15,7 +15,7 @@ APT_PACKAGES=(
   # host networking
   iproute2 nftables bridge-utils iperf3 psmisc procps
   # building the plugin, the Python venv and the packages
-  gcc make python3-dev python3-venv rpm dpkg-dev debhelper fakeroot
+  gcc make python3-dev python3-venv rpm rpmlint dpkg-dev debhelper fakeroot
 )
 
 missing=()
