@@ -13,6 +13,7 @@ Element and attribute names follow https://libvirt.org/formatdomain.html; the ou
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
@@ -599,6 +600,49 @@ def domain_to_string(element: etree._Element) -> str:
     return etree.tostring(element, pretty_print=True, encoding="unicode")
 
 
+def canonical_xml(xml: str | bytes | etree._Element) -> str:
+    """A canonical text form for semantic comparison: whitespace-only text dropped, attributes sorted.
+
+    Two domain XMLs that differ only in indentation, quoting or attribute order give the same string
+    (pretty-printed, so a test failure shows a readable diff).
+    """
+    if isinstance(xml, (str, bytes)):
+        parser = etree.XMLParser(remove_blank_text=True, remove_comments=True)
+        element = etree.fromstring(xml.encode() if isinstance(xml, str) else xml, parser)
+    else:
+        element = copy.deepcopy(xml)
+    for node in element.iter():
+        if not isinstance(node.tag, str):
+            continue
+        if node.text is not None and not node.text.strip():
+            node.text = None
+        if node.tail is not None and not node.tail.strip():
+            node.tail = None
+        attrs = sorted(node.attrib.items())
+        node.attrib.clear()
+        node.attrib.update(attrs)
+    etree.indent(element)
+    return etree.tostring(element, encoding="unicode")
+
+
+def schema_errors(xml: str, validator: str = "virt-xml-validate") -> Optional[str]:
+    """Check domain XML against libvirt's own schema; None when valid, else the validator's message.
+
+    Needs ``virt-xml-validate`` (libvirt-clients) and ``xmllint`` (libxml2-utils); raises
+    FileNotFoundError when the validator is not installed.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="slurm-vc-domain-") as handle:
+        handle.write(xml)
+        handle.flush()
+        result = subprocess.run([validator, handle.name, "domain"], capture_output=True, text=True)
+    if result.returncode == 0:
+        return None
+    return (result.stderr + result.stdout).strip() or f"{validator} exited with {result.returncode}"
+
+
 __all__ = [
     "AGENT_CHANNEL_NAME",
     "READY_CHANNEL_NAME",
@@ -624,6 +668,8 @@ __all__ = [
     "Timer",
     "Vcpu",
     "build_domain",
+    "canonical_xml",
+    "schema_errors",
     "domain_to_string",
     "render_domain",
     "render_domain_xml",
