@@ -28,6 +28,7 @@ from slurm_vc.domain import (
     Serial,
     build_domain,
     canonical_xml,
+    domain_to_string,
     render_domain,
     render_domain_xml,
     schema_errors,
@@ -391,3 +392,71 @@ def test_schema_check_can_fail():
     xml = render_domain_xml(small_plan(), make_config(), make_config().images["centos7-hpc"], make_guest())
     broken = xml.replace('placement="static"', 'placement="everywhere"')
     assert schema_errors(broken) is not None
+
+
+# --------------------------------------------------------------- recorded hosts: place() -> render
+
+# fixture -> (whole-node CPU list, memory Slurm would give the job on that node)
+WHOLE_NODE = {
+    "cray-xc30": ("0-23", "62G"),
+    "smt-2s4n": ("0-63", "188G"),
+    "vm-2core": ("0-1", "22G"),
+    "big-256": ("0-255", "500G"),
+}
+
+
+def plan_fixture(fixture: str, request_text: str = "centos7-hpc", **host: object):
+    """Read a recorded host, place a whole-node allocation on it and return (config, plan)."""
+    from slurm_vc.plan import place
+    from slurm_vc.request import parse_request
+    from slurm_vc.topology import read_topology
+    from slurm_vc.units import parse_cpulist, parse_size
+
+    config = make_config(**host)
+    cpus, memory = WHOLE_NODE[fixture]
+    topology = read_topology(str(FIXTURES / fixture))
+    request = parse_request(request_text, config)
+    return config, place(request, config, topology, parse_cpulist(cpus), parse_size(memory))
+
+
+@pytest.mark.parametrize("fixture", sorted(WHOLE_NODE))
+def test_fixture_whole_node_golden_schema_and_test_driver(fixture):
+    config, plan = plan_fixture(fixture)
+    xml = render_domain_xml(plan, config, config.images["centos7-hpc"], make_guest())
+    check_golden(f"fixture-{fixture}", xml)
+    check_schema(xml)
+    check_test_driver(xml)
+
+
+def test_fixture_direct_kernel_boot_normal_pages_golden():
+    config, plan = plan_fixture("smt-2s4n", "tiny,vcpus=6,mem=6G,pages=none", domain_type="qemu")
+    guest = make_guest(overlay_path=None, seed_path=None, extra_cmdline="vc.ready=1")
+    xml = render_domain_xml(plan, config, config.images["tiny"], guest)
+    check_golden("fixture-smt-2s4n-tiny-6vcpu", xml)
+    check_schema(xml)
+    check_test_driver(xml)
+
+
+def test_cray_xc30_whole_node_reproduces_the_paper_configuration():
+    """Seed paper: 24 vCPUs pinned i->i, two NUMA cells 0-11/12-23 of equal memory, 2M hugepages
+    per cell, strict numatune with a memnode per cell, topology sockets=2 cores=12 threads=1."""
+    config, plan = plan_fixture("cray-xc30")
+    root = render_domain(plan, config, config.images["centos7-hpc"], make_guest())
+    assert root.findtext("vcpu") == "24"
+    assert attrs(root, "cputune/vcpupin") == [{"vcpu": str(i), "cpuset": str(i)} for i in range(24)]
+    cells = attrs(root, "cpu/numa/cell")
+    assert [(c["id"], c["cpus"]) for c in cells] == [("0", "0-11"), ("1", "12-23")]
+    assert cells[0]["memory"] == cells[1]["memory"] and cells[0]["unit"] == "KiB"
+    assert int(cells[0]["memory"]) % 2048 == 0, "each cell is a whole number of 2M pages"
+    assert int(root.findtext("memory")) == 2 * int(cells[0]["memory"])
+    assert attrs(root, "memoryBacking/hugepages/page") == [
+        {"size": "2048", "unit": "KiB", "nodeset": "0"},
+        {"size": "2048", "unit": "KiB", "nodeset": "1"},
+    ]
+    assert dict(root.find("numatune/memory").attrib) == {"mode": "strict", "nodeset": "0-1"}
+    assert attrs(root, "numatune/memnode") == [
+        {"cellid": "0", "mode": "strict", "nodeset": "0"},
+        {"cellid": "1", "mode": "strict", "nodeset": "1"},
+    ]
+    assert dict(root.find("cpu/topology").attrib) == {"sockets": "2", "cores": "12", "threads": "1"}
+    check_schema(domain_to_string(root))
