@@ -1,0 +1,595 @@
+"""Hugepage pool manager: grow and shrink per-NUMA-node pools by exactly what each job needs.
+
+The actuator behind the plan's ``hugepages`` field.  ``HugepagePool.reserve(job, size, {node: pages})``
+grows each NUMA node's pool through sysfs, checks what the kernel really gave, compacts memory and
+retries a bounded number of times, and rolls every touched node back if it still falls short.
+``release(job)`` (or ``Reservation.release()``) undoes exactly what the job added.  Several jobs on
+one node grow and shrink the same pools independently; each keeps a ledger, and one lock serialises
+every change.
+
+Files::
+
+    <sysfs>/devices/system/node/nodeN/hugepages/hugepages-<KB>kB/{nr,free,surplus}_hugepages
+    <sysfs>/devices/system/node/nodeN/compact       (else <proc>/sys/vm/compact_memory)
+    <state_dir>/hugepages/.lock                     exclusive flock, bounded wait -> StateError
+    <state_dir>/hugepages/<job_id>.json             one ledger per job (tmp + fsync + rename)
+
+Counting in persistent pages
+----------------------------
+sysfs ``nr_hugepages`` counts persistent *and* surplus pages, but a write to it sets the persistent
+count: pages still in use above the new value become "surplus" and the kernel frees them when their
+user (a guest being torn down) lets go.  Every decision here is therefore made on the persistent
+count ``P = nr_hugepages - surplus_hugepages``:
+
+* Grow writes ``nr_hugepages + asked`` (``= P + S + asked``).  The kernel first turns the ``S``
+  surplus pages back into persistent ones, then allocates ``asked`` fresh pages, so the job has its
+  pages free at once even while an earlier job's guest still holds surplus pages.  The job's
+  contribution ``added`` is what it observes: ``P_after - P_before`` (normally ``S + asked``).  The
+  ``S`` adopted pages were already released by their owner; the adopting job sheds them at release,
+  which is what their owner wanted.
+* Release writes ``P_now - added``, never below the sum of what the other live ledgers on that node
+  hold (only an outside writer can push it there), never above ``P_now``.  Pages a still-running
+  guest uses are not a floor: the kernel keeps them as surplus and frees them later.
+
+Crash safety
+------------
+A ledger is written before the pool changes and every pool change happens under the lock, so a
+ledger left in a transitional state when the lock is free means its writer died.  Whoever takes
+the lock next settles such ledgers first, before changing anything else, so the observations below
+see only the dead writer's work (plus outside writers, which no scheme can tell apart):
+
+* ``growing`` (written before the first sysfs write; records per node ``before`` = P, the surplus
+  ``S``, ``asked`` and the ``target`` written): the writer may have died before any write, after
+  some, or mid-rollback.  Its contribution on a node is at most ``target - before`` (``S + asked``)
+  and at most what is observed, ``P_now - before``.  Settling subtracts
+  ``min(S + asked, max(0, P_now - before))`` and deletes the ledger: conservative, since it never
+  removes more than the job could have added, and a pool an outsider shrank is not shrunk further.
+  The reservation never returned, so no guest relies on those pages; ``reserve`` may simply be run
+  again.  A later ``release`` of that job is a no-op.
+* ``releasing`` (written before the first shrink; records ``release_from`` = P then and the
+  ``release_target``): the shrink is finished by writing ``P_now - min(P_now - target,
+  release_from - target)`` where positive, so a crash after the sysfs write never subtracts twice.
+
+A hugepage pool does not survive a reboot, so each ledger records the kernel's boot id; a ledger
+from an earlier boot describes nothing and is dropped without touching the pools.  A ledger that
+cannot be parsed and predates the current boot (a torn write at a power cut) is dropped likewise;
+one from the current boot is a StateError for the admin.
+
+Not covered: a *different* process writing sysfs directly between our read and our write; on hosts
+with several NUMA nodes, the kernel's per-node write counts other nodes' surplus pages too, so a
+shrink can leave a few pages while another node has surplus (read back and logged, never wrong
+in the direction of taking a job's pages).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Optional
+
+from .errors import HugepageError, StateError, VcError
+from .units import GIB, KIB, MIB, format_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import SiteConfig
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_PAGE_SIZES = (2 * MIB, GIB)
+LEDGER_VERSION = 1
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+class SysfsIO:
+    """The writer interface: every read and write of a sysfs/procfs integer goes through here.
+
+    Tests inject a fake kernel (a subclass) to simulate fragmentation and crashes; the manager's code
+    path stays the same.
+    """
+
+    def read_int(self, path: str) -> int:
+        """Read one integer file (sysfs prints a number and a newline)."""
+        with open(path, "rb") as handle:
+            return int(handle.read().strip() or b"0")
+
+    def write_int(self, path: str, value: int) -> None:
+        """Write one integer with a single write(2), as the kernel expects for sysfs attributes."""
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class PoolCounts:
+    """One node's pool of one page size, as sysfs shows it."""
+
+    nr: int  # nr_hugepages: persistent + surplus
+    free: int  # free_hugepages
+    surplus: int  # surplus_hugepages: in use above the persistent count, freed when let go
+
+    @property
+    def persistent(self) -> int:
+        """The pool size an nr_hugepages write sets."""
+        return self.nr - self.surplus
+
+
+@dataclass
+class NodeEntry:
+    """One NUMA node's part of a ledger."""
+
+    before: int  # persistent pages before the grow
+    surplus_before: int  # surplus pages then (adopted by the grow)
+    asked: int  # fresh pages the plan needs
+    target: int  # value written to nr_hugepages
+    added: Optional[int] = None  # persistent pages the job added, as observed (None while growing)
+    release_from: Optional[int] = None  # persistent pages when the release began
+    release_target: Optional[int] = None  # persistent pages the release writes
+
+
+@dataclass
+class Ledger:
+    """What one job did to the pools.  ``state``: growing -> held -> releasing -> (deleted)."""
+
+    job_id: str
+    page_size: int
+    state: str
+    boot_id: str
+    nodes: dict[int, NodeEntry] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": LEDGER_VERSION,
+                "job_id": self.job_id,
+                "page_size": self.page_size,
+                "state": self.state,
+                "boot_id": self.boot_id,
+                "nodes": {str(node): vars(entry) for node, entry in sorted(self.nodes.items())},
+            },
+            indent=1,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Ledger:
+        data = json.loads(text)
+        if data.get("version") != LEDGER_VERSION or data.get("state") not in ("growing", "held", "releasing"):
+            raise ValueError("unknown ledger version or state")
+        nodes = {int(node): NodeEntry(**entry) for node, entry in data["nodes"].items()}
+        return cls(str(data["job_id"]), int(data["page_size"]), data["state"], str(data["boot_id"]), nodes)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Hugepages one job holds; ``release()`` is the undo."""
+
+    job_id: str
+    page_size: int
+    pages: dict[int, int]  # NUMA node -> pages the plan asked for
+    added: dict[int, int]  # NUMA node -> persistent pages added (asked + adopted surplus)
+    pool: HugepagePool = field(repr=False, compare=False)
+
+    def release(self) -> None:
+        """Give the pages back (idempotent)."""
+        self.pool.release(self.job_id)
+
+
+def page_size_label(page_size: int) -> str:
+    """2097152 -> '2M'."""
+    return format_size(page_size)
+
+
+def pool_dir(sysfs_root: str, node: int, page_size: int) -> str:
+    """The sysfs directory of one node's pool of one page size."""
+    return os.path.join(
+        sysfs_root, "devices/system/node", f"node{node}", "hugepages", f"hugepages-{page_size // KIB}kB"
+    )
+
+
+def release_target(persistent_now: int, added: int, held_by_others: int) -> int:
+    """Persistent pool size after a job that added ``added`` pages lets go (pure).
+
+    Subtract exactly what the job added, never below what the other ledgers hold, never grow.
+    """
+    return min(persistent_now, max(persistent_now - added, held_by_others))
+
+
+def growth_to_undo(persistent_now: int, entry: NodeEntry) -> int:
+    """Pages an interrupted grow added on one node, counted conservatively (pure).
+
+    At most what the grow could have added (``target - before``), at most what is observed.
+    """
+    return min(entry.target - entry.before, max(0, persistent_now - entry.before))
+
+
+class HugepagePool:
+    """Per-job hugepage reservations on this host's NUMA nodes.  See the module docstring."""
+
+    def __init__(
+        self,
+        state_dir: str,
+        sysfs_root: str = "/sys",
+        lock_timeout: float = 30.0,
+        compact_retries: int = 3,
+        *,
+        proc_root: str = "/proc",
+        io: Optional[SysfsIO] = None,
+        fsync: bool = True,
+    ):
+        self.state_dir = state_dir
+        self.ledger_dir = os.path.join(state_dir, "hugepages")
+        self.sysfs_root = sysfs_root
+        self.proc_root = proc_root
+        self.lock_timeout = lock_timeout
+        self.compact_retries = compact_retries
+        self.io = io or SysfsIO()
+        # fsync makes ledgers survive a power cut; pools never do, so it is optional (see benchmarks).
+        self.fsync = fsync
+
+    @classmethod
+    def from_config(cls, config: SiteConfig, **kwargs) -> HugepagePool:
+        """A pool manager with the site's state directory and timeouts."""
+        return cls(
+            config.state_dir,
+            lock_timeout=config.timeouts.lock,
+            compact_retries=config.timeouts.hugepage_compact_retries,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- public API
+
+    def counts(self, node: int, page_size: int) -> PoolCounts:
+        """Read one node's pool.  Raises HugepageError if the kernel has no such pool."""
+        directory = self._checked_pool_dir(node, page_size)
+        try:
+            return PoolCounts(
+                nr=self.io.read_int(os.path.join(directory, "nr_hugepages")),
+                free=self.io.read_int(os.path.join(directory, "free_hugepages")),
+                surplus=self.io.read_int(os.path.join(directory, "surplus_hugepages")),
+            )
+        except (OSError, ValueError) as exc:
+            raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
+
+    def reserve(self, job_id: str, page_size: int, pages_per_node: dict[int, int]) -> Reservation:
+        """Grow each node's pool by ``pages_per_node[node]`` pages of ``page_size`` bytes for ``job_id``.
+
+        Idempotent for the same request (a re-run prolog gets the existing reservation).  On a
+        shortfall after ``compact_retries`` compactions every touched node is restored and
+        HugepageError names the node, the pages wanted and the pages the kernel gave.
+        """
+        _check_job_id(job_id)
+        if page_size not in SUPPORTED_PAGE_SIZES:
+            raise HugepageError(
+                f"hugepage size {page_size} bytes is not supported: use 2M ({2 * MIB}) or 1G ({GIB})"
+            )
+        wanted = {}
+        for node, pages in sorted(pages_per_node.items()):
+            if not isinstance(node, int) or node < 0 or not isinstance(pages, int) or pages < 0:
+                raise HugepageError(f"invalid hugepage plan {pages_per_node!r}: want {{node: pages}} >= 0")
+            if pages:
+                wanted[node] = pages
+        with self._locked():
+            existing = self._read_ledger(job_id)
+            if existing is not None:
+                asked = {node: entry.asked for node, entry in existing.nodes.items()}
+                if existing.page_size == page_size and asked == wanted:
+                    return self._reservation(existing)
+                raise StateError(
+                    f"job {job_id} already holds {self._describe(existing)}; release it before reserving"
+                    f" {sum(wanted.values())} x {page_size_label(page_size)} again"
+                )
+            ledger = Ledger(job_id, page_size, "growing", self._boot_id())
+            for node, pages in wanted.items():
+                now = self.counts(node, page_size)
+                ledger.nodes[node] = NodeEntry(
+                    before=now.persistent, surplus_before=now.surplus, asked=pages, target=now.nr + pages
+                )
+            self._write_ledger(ledger)  # the intent, before any pool changes
+            try:
+                for node, entry in ledger.nodes.items():
+                    entry.added = self._grow_node(node, page_size, entry)
+            except HugepageError as failure:
+                try:
+                    self._undo_growth(ledger)
+                except VcError as undo_failure:
+                    raise HugepageError(
+                        f"{failure}; but the rollback failed too ({undo_failure}): the next reservation"
+                        " or release on this host retries it"
+                    ) from None
+                raise
+            ledger.state = "held"
+            self._write_ledger(ledger)
+            return self._reservation(ledger)
+
+    def release(self, job_id: str) -> None:
+        """Shrink the pools by exactly what ``job_id`` added and delete its ledger.  No-op if none."""
+        _check_job_id(job_id)
+        with self._locked():
+            # _locked settled interrupted ledgers, so this one (if any) is "held".
+            ledger = self._read_ledger(job_id)
+            if ledger is None:
+                return
+            others = [other for other in self._all_ledgers() if other.job_id != job_id]
+            for node, entry in ledger.nodes.items():
+                held = sum(
+                    other.nodes[node].added or 0
+                    for other in others
+                    if other.page_size == ledger.page_size and node in other.nodes
+                )
+                now = self.counts(node, ledger.page_size).persistent
+                entry.release_from = now
+                entry.release_target = release_target(now, entry.added or 0, held)
+                if entry.release_target > now - (entry.added or 0):
+                    log.warning(
+                        "hugepages: node %d: job %s added %d pages but only %d can go without touching"
+                        " other jobs' pages (the pool was shrunk from outside)",
+                        node,
+                        job_id,
+                        entry.added or 0,
+                        now - entry.release_target,
+                    )
+            ledger.state = "releasing"
+            self._write_ledger(ledger)
+            self._finish_release(ledger)
+
+    def ledger(self, job_id: str) -> Optional[Ledger]:
+        """The job's ledger as last written, or None (no lock taken: ledgers are replaced atomically)."""
+        _check_job_id(job_id)
+        return self._read_ledger(job_id)
+
+    def list_ledgers(self) -> list[Ledger]:
+        """Every ledger, sorted by job id (for gc: release the jobs that no longer run)."""
+        return self._all_ledgers()
+
+    # ----------------------------------------------------------------- growing and shrinking
+
+    def _grow_node(self, node: int, page_size: int, entry: NodeEntry) -> int:
+        """Write the target, compact and retry if short; return the persistent pages added."""
+        nr_path = os.path.join(self._checked_pool_dir(node, page_size), "nr_hugepages")
+        attempt = 0
+        while True:
+            self._write(nr_path, entry.target)
+            now = self.counts(node, page_size)
+            if now.persistent >= entry.target:
+                return now.persistent - entry.before
+            if attempt >= self.compact_retries:
+                got = max(0, now.persistent - entry.before - entry.surplus_before)
+                raise HugepageError(
+                    f"NUMA node {node}: wanted {entry.asked} more {page_size_label(page_size)} hugepages,"
+                    f" the kernel gave {got} after {attempt} compaction retries (memory too fragmented"
+                    " or too little free); the pools this reservation touched are restored"
+                )
+            attempt += 1
+            log.info(
+                "hugepages: node %d short by %d pages, compacting (retry %d/%d)",
+                node,
+                entry.target - now.persistent,
+                attempt,
+                self.compact_retries,
+            )
+            self._compact(node)
+
+    def _compact(self, node: int) -> None:
+        per_node = os.path.join(self.sysfs_root, "devices/system/node", f"node{node}", "compact")
+        path = per_node if os.path.exists(per_node) else os.path.join(self.proc_root, "sys/vm/compact_memory")
+        try:
+            self.io.write_int(path, 1)
+        except OSError as exc:  # compaction is best effort: the retry still re-reads the pool
+            log.warning("hugepages: cannot compact memory via %s: %s", path, exc.strerror)
+
+    def _undo_growth(self, ledger: Ledger) -> None:
+        """Undo a grow that failed or was interrupted (see the module docstring), delete the ledger."""
+        for node, entry in ledger.nodes.items():
+            now = self.counts(node, ledger.page_size).persistent
+            remove = growth_to_undo(now, entry)
+            if remove:
+                self._write(
+                    os.path.join(pool_dir(self.sysfs_root, node, ledger.page_size), "nr_hugepages"),
+                    now - remove,
+                )
+        self._delete_ledger(ledger.job_id)
+
+    def _finish_release(self, ledger: Ledger) -> None:
+        """Complete a release (also one interrupted by a crash, see the docstring), delete the ledger."""
+        for node, entry in ledger.nodes.items():
+            if entry.release_target is None or entry.release_from is None:
+                raise StateError(f"ledger of job {ledger.job_id} is 'releasing' without targets")
+            now = self.counts(node, ledger.page_size).persistent
+            remove = min(now - entry.release_target, entry.release_from - entry.release_target)
+            if remove > 0:
+                path = os.path.join(pool_dir(self.sysfs_root, node, ledger.page_size), "nr_hugepages")
+                self._write(path, now - remove)
+                after = self.counts(node, ledger.page_size).persistent
+                if after != now - remove:
+                    log.warning("hugepages: node %d: wrote %d, kernel shows %d", node, now - remove, after)
+        self._delete_ledger(ledger.job_id)
+
+    def _write(self, path: str, value: int) -> None:
+        try:
+            self.io.write_int(path, value)
+        except OSError as exc:
+            raise HugepageError(f"cannot write {value} to {path}: {exc.strerror or exc}") from None
+
+    def _checked_pool_dir(self, node: int, page_size: int) -> str:
+        directory = pool_dir(self.sysfs_root, node, page_size)
+        if not os.path.isdir(directory):
+            node_dir = os.path.join(self.sysfs_root, "devices/system/node", f"node{node}")
+            if not os.path.isdir(node_dir):
+                raise HugepageError(f"NUMA node {node} does not exist on this host ({node_dir} is missing)")
+            raise HugepageError(
+                f"the kernel offers no {page_size_label(page_size)} hugepages on NUMA node {node}"
+                f" ({directory} is missing)"
+            )
+        return directory
+
+    # ----------------------------------------------------------------- ledgers and the lock
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the exclusive lock, then settle ledgers whose writer died (see the docstring)."""
+        lock_path = os.path.join(self.ledger_dir, ".lock")
+        try:
+            os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open hugepage ledger lock {lock_path}: {exc.strerror}") from None
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            pause = 0.002
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise StateError(f"cannot lock {lock_path}: {exc.strerror}") from None
+                if time.monotonic() >= deadline:
+                    raise StateError(
+                        f"hugepage ledger lock {lock_path} is held by another process for more than"
+                        f" {self.lock_timeout:g} s (timeouts.lock)"
+                    )
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            self._settle()
+            yield
+        finally:
+            os.close(fd)  # also drops the flock
+
+    def _settle(self) -> None:
+        boot_id = self._boot_id()
+        for ledger in self._all_ledgers():
+            if ledger.boot_id and boot_id and ledger.boot_id != boot_id:
+                log.warning("hugepages: dropping ledger of job %s from an earlier boot", ledger.job_id)
+                self._delete_ledger(ledger.job_id)
+            elif ledger.state == "growing":
+                log.warning("hugepages: undoing the interrupted reservation of job %s", ledger.job_id)
+                self._undo_growth(ledger)
+            elif ledger.state == "releasing":
+                log.warning("hugepages: finishing the interrupted release of job %s", ledger.job_id)
+                self._finish_release(ledger)
+
+    def _ledger_path(self, job_id: str) -> str:
+        return os.path.join(self.ledger_dir, f"{job_id}.json")
+
+    def _read_ledger(self, job_id: str) -> Optional[Ledger]:
+        path = self._ledger_path(job_id)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read hugepage ledger {path}: {exc.strerror}") from None
+        try:
+            ledger = Ledger.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            if self._predates_boot(path):
+                log.warning("hugepages: removing unreadable ledger %s from an earlier boot", path)
+                self._unlink(path)
+                return None
+            raise StateError(
+                f"hugepage ledger {path} is corrupt ({exc}); check the pools under"
+                f" {self.sysfs_root}/devices/system/node and remove the file"
+            ) from None
+        if ledger.job_id != job_id:
+            raise StateError(f"hugepage ledger {path} names job {ledger.job_id}, not {job_id}")
+        return ledger
+
+    def _all_ledgers(self) -> list[Ledger]:
+        try:
+            names = sorted(os.listdir(self.ledger_dir))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot list hugepage ledgers in {self.ledger_dir}: {exc.strerror}") from None
+        ledgers = []
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue  # the lock and temporary files
+            ledger = self._read_ledger(name[: -len(".json")])
+            if ledger is not None:
+                ledgers.append(ledger)
+        return ledgers
+
+    def _write_ledger(self, ledger: Ledger) -> None:
+        path = self._ledger_path(ledger.job_id)
+        tmp = os.path.join(self.ledger_dir, f".{ledger.job_id}.json.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, ledger.to_json().encode())
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            self._sync_dir()
+        except OSError as exc:
+            raise StateError(f"cannot write hugepage ledger {path}: {exc.strerror}") from None
+
+    def _delete_ledger(self, job_id: str) -> None:
+        self._unlink(self._ledger_path(job_id))
+
+    def _unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateError(f"cannot remove hugepage ledger {path}: {exc.strerror}") from None
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        if self.fsync:
+            fd = os.open(self.ledger_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _boot_id(self) -> str:
+        try:
+            with open(os.path.join(self.proc_root, "sys/kernel/random/boot_id"), encoding="ascii") as handle:
+                return handle.read().strip()
+        except OSError:
+            return ""  # unknown: ledgers are then never treated as stale
+
+    def _predates_boot(self, path: str) -> bool:
+        try:
+            with open(os.path.join(self.proc_root, "stat"), encoding="ascii") as handle:
+                btime = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+            return os.stat(path).st_mtime < btime
+        except (OSError, StopIteration, ValueError, IndexError):
+            return False
+
+    # ----------------------------------------------------------------- helpers
+
+    def _reservation(self, ledger: Ledger) -> Reservation:
+        return Reservation(
+            job_id=ledger.job_id,
+            page_size=ledger.page_size,
+            pages={node: entry.asked for node, entry in ledger.nodes.items()},
+            added={node: entry.added or 0 for node, entry in ledger.nodes.items()},
+            pool=self,
+        )
+
+    @staticmethod
+    def _describe(ledger: Ledger) -> str:
+        pages = ", ".join(f"node {node}: {entry.asked}" for node, entry in sorted(ledger.nodes.items()))
+        return f"{page_size_label(ledger.page_size)} hugepages ({pages or 'none'})"
+
+
+def _check_job_id(job_id: str) -> None:
+    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+        raise StateError(
+            f"invalid job id {job_id!r} for a hugepage ledger: use letters, digits, '.', '_', '+', '-'"
+        )
