@@ -182,6 +182,8 @@ class SiteConfig(_Strict):
     """The whole site configuration."""
 
     state_dir: str = "/var/lib/slurm-vc"
+    # Secret shared by every compute node, from which each job's SSH key pair is derived (jobkey.py).
+    job_key_secret: str = "/etc/munge/munge.key"
     host: HostSettings = HostSettings()
     network: NetworkSettings = NetworkSettings()
     timeouts: Timeouts = Timeouts()
