@@ -1,0 +1,210 @@
+"""The hypervisor driver: a thin wrapper over libvirt-python for transient guest domains.
+
+Guests are *transient* (``virDomainCreateXML``): nothing is defined persistently, so a host reboot or
+a libvirtd wipe leaves no configuration behind, and the per-job state file is the only record.
+Domain names follow ``vc-<jobid>-<node>`` (:func:`domain_name`) so ``virsh list`` shows the owning
+job and node and ``slurm-vc gc`` can find guests whose job is gone.
+
+Every libvirt failure becomes a :class:`~slurm_vc.errors.HypervisorError` (a node fault) except a
+hugepage pool that cannot back the guest, which is a :class:`~slurm_vc.errors.HugepageError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+from .errors import HugepageError, HypervisorError
+
+DOMAIN_PREFIX = "vc-"
+_DOMAIN_RE = re.compile(r"^vc-(\d+)-(.+)$")
+# QEMU/libvirt messages that mean "the hugepage pool could not back guest RAM".
+_HUGEPAGE_MESSAGES = ("unable to map backing store", "hugetlbfs filesystem is not mounted")
+
+
+def domain_name(job_id: int | str, node: str) -> str:
+    """The libvirt domain name of a job's guest on ``node``: ``vc-<jobid>-<node>``."""
+    return f"{DOMAIN_PREFIX}{job_id}-{node}"
+
+
+def parse_domain_name(name: str) -> Optional[tuple[int, str]]:
+    """``(job_id, node)`` for a name made by :func:`domain_name`, else None."""
+    match = _DOMAIN_RE.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def _libvirt():
+    try:
+        import libvirt
+    except ImportError:  # pragma: no cover - the package depends on it in production
+        raise HypervisorError("libvirt-python is not installed (pip install libvirt-python)") from None
+    # libvirt prints every error to stderr by default; we report them ourselves.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _cpus_from_map(cpumap) -> tuple[int, ...]:
+    return tuple(cpu for cpu, on in enumerate(cpumap) if on)
+
+
+class Hypervisor:
+    """A connection to one libvirtd.  Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        libvirt = _libvirt()
+        try:
+            self._conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(
+                f"cannot connect to libvirt at {uri}: {exc.get_error_message()} "
+                "(is libvirtd running on this node?)"
+            ) from None
+        if self._conn is None:  # pragma: no cover - old bindings returned None instead of raising
+            raise HypervisorError(f"cannot connect to libvirt at {uri}")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # a dead daemon: nothing to close
+                pass
+            self._conn = None
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _error(self, what: str, exc) -> HypervisorError:
+        return HypervisorError(f"libvirt at {self.uri}: {what}: {exc.get_error_message()}")
+
+    # -- domains -------------------------------------------------------------------------------
+    def _lookup(self, name: str):
+        """The domain object, or None when no such domain exists."""
+        libvirt = _libvirt()
+        try:
+            return self._conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise self._error(f"looking up {name}", exc) from None
+
+    def _domain(self, name: str):
+        dom = self._lookup(name)
+        if dom is None:
+            raise HypervisorError(f"no guest named {name} on {self.uri}")
+        return dom
+
+    def start(self, xml: str) -> str:
+        """Start a transient domain from its XML and return its name."""
+        libvirt = _libvirt()
+        try:
+            dom = self._conn.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            message = exc.get_error_message()
+            if any(text in message for text in _HUGEPAGE_MESSAGES):
+                raise HugepageError(f"QEMU could not get hugepages for the guest: {message}") from None
+            raise HypervisorError(f"libvirt refused to start the guest: {message}") from None
+        return dom.name()
+
+    def destroy(self, name: str) -> bool:
+        """Stop the domain at once (power off).  True if it was running; False if already gone."""
+        libvirt = _libvirt()
+        dom = self._lookup(name)
+        if dom is None:
+            return False
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            # It may have died or been destroyed by someone else between lookup and destroy.
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                return False
+            raise HypervisorError(f"libvirt could not destroy {name}: {exc.get_error_message()}") from None
+        return True
+
+    def list_domains(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
+        """Names of the running domains whose name starts with ``prefix``, sorted."""
+        libvirt = _libvirt()
+        try:
+            domains = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except libvirt.libvirtError as exc:
+            raise self._error("listing guests", exc) from None
+        return sorted(dom.name() for dom in domains if dom.name().startswith(prefix))
+
+    def is_running(self, name: str) -> bool:
+        """True while the domain exists and is active."""
+        dom = self._lookup(name)
+        if dom is None:
+            return False
+        try:
+            return bool(dom.isActive())
+        except _libvirt().libvirtError:
+            return False
+
+    def xml(self, name: str) -> str:
+        """The live domain XML (as libvirt completed it)."""
+        try:
+            return self._domain(name).XMLDesc(0)
+        except _libvirt().libvirtError as exc:
+            raise self._error(f"reading the XML of {name}", exc) from None
+
+    def qemu_pid(self, name: str) -> int:
+        """PID of the QEMU process running the domain (found by its ``-name guest=NAME`` argument)."""
+        import psutil
+
+        if not self.is_running(name):
+            raise HypervisorError(f"guest {name} is not running")
+        wanted = f"guest={name},"
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            cmdline = proc.info.get("cmdline") or []
+            if any(arg == f"guest={name}" or arg.startswith(wanted) for arg in cmdline):
+                return proc.pid
+        raise HypervisorError(f"no QEMU process found for guest {name}")
+
+    def vcpu_pins(self, name: str) -> dict[int, tuple[int, ...]]:
+        """vCPU -> host CPUs it may run on, as libvirt reports it (``vcpuPinInfo``)."""
+        try:
+            info = self._domain(name).vcpuPinInfo(0)
+        except _libvirt().libvirtError as exc:
+            raise self._error(f"reading the vCPU pinning of {name}", exc) from None
+        return {vcpu: _cpus_from_map(cpumap) for vcpu, cpumap in enumerate(info)}
+
+    def emulator_pins(self, name: str) -> tuple[int, ...]:
+        """Host CPUs QEMU's emulator threads may run on (``emulatorPinInfo``)."""
+        try:
+            return _cpus_from_map(self._domain(name).emulatorPinInfo(0))
+        except _libvirt().libvirtError as exc:
+            raise self._error(f"reading the emulator pinning of {name}", exc) from None
+
+    def console_log_path(self, name: str) -> Optional[str]:
+        """The file the guest's serial console is logged to, from the live XML (None if none)."""
+        from lxml import etree
+
+        root = etree.fromstring(self.xml(name).encode())
+        for xpath in ("devices/serial/log/@file", "devices/serial[@type='file']/source/@path"):
+            found = root.xpath(xpath)
+            if found:
+                return str(found[0])
+        return None
+
+    def console_tail(self, name: str, lines: int = 20) -> str:
+        """The last ``lines`` lines of the guest's console log ('' if it has none yet)."""
+        path = self.console_log_path(name)
+        return tail_file(path, lines) if path else ""
+
+
+def tail_file(path: str | Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' when missing or unreadable)."""
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines))
+    except OSError:
+        return ""
+
+
+__all__ = ["Hypervisor", "domain_name", "parse_domain_name", "tail_file", "DOMAIN_PREFIX"]

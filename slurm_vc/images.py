@@ -1,0 +1,100 @@
+"""Per-job copy-on-write overlays over catalog images.
+
+Each guest boots from a qcow2 overlay in its job directory whose backing file is the catalog image,
+named by absolute path with its format given explicitly (``-F``), so QEMU never probes the format and
+never writes the catalog image: all writes land in the overlay, which teardown deletes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import HostError, ImageError
+
+QEMU_IMG = "qemu-img"
+IMAGE_FORMATS = ("qcow2", "raw")
+
+
+def overlay_path(job_dir: str | os.PathLike, name: str) -> Path:
+    """Where the overlay for guest ``name`` lives in ``job_dir``."""
+    return Path(job_dir) / f"{name}.qcow2"
+
+
+def check_base_image(base_image: str | os.PathLike) -> Path:
+    """The base image as an absolute path, after checking it is a readable regular file."""
+    path = Path(base_image)
+    if not path.is_absolute():
+        raise ImageError(f"catalog image path {str(path)!r} must be absolute")
+    if not path.exists():
+        raise ImageError(f"catalog image {path} does not exist on this node")
+    if not path.is_file():
+        raise ImageError(f"catalog image {path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(512)
+    except OSError as exc:
+        raise ImageError(f"catalog image {path} is not readable: {exc.strerror}") from None
+    return path
+
+
+def create_overlay(
+    base_image: str | os.PathLike,
+    job_dir: str | os.PathLike,
+    name: str,
+    base_format: str = "qcow2",
+    qemu_img: str = QEMU_IMG,
+) -> Path:
+    """Create ``job_dir/<name>.qcow2`` backed by ``base_image`` and return its path.
+
+    The base is only read (qemu-img opens it read-only to learn its size).  Raises ImageError when
+    the base is missing, unreadable or not in ``base_format``; HostError when the overlay cannot be
+    written (full or read-only disk).
+    """
+    if base_format not in IMAGE_FORMATS:
+        allowed = ", ".join(IMAGE_FORMATS)
+        raise ImageError(f"image format {base_format!r} is not supported; use one of {allowed}")
+    base = check_base_image(base_image)
+    target = overlay_path(job_dir, name)
+    Path(job_dir).mkdir(parents=True, exist_ok=True)
+    command = [qemu_img, "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(target)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise HostError(f"{qemu_img} is not installed on this node (package qemu-utils)") from None
+    if result.returncode != 0:
+        target.unlink(missing_ok=True)
+        message = " ".join((result.stderr or result.stdout).split())
+        # "Could not create '<overlay>': ..." is about our side (disk full, permissions): a node fault.
+        # Anything else ("Image is not in qcow2 format", "Could not open backing image") is the image's.
+        if "Could not create" in message:
+            raise HostError(f"cannot create overlay {target}: {message}")
+        raise ImageError(f"catalog image {base} cannot back an overlay as {base_format}: {message}")
+    return target
+
+
+def remove_overlay(path: str | os.PathLike) -> bool:
+    """Delete an overlay.  True if it existed; False if it was already gone (idempotent)."""
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise HostError(f"cannot remove overlay {path}: {exc.strerror}") from None
+    return True
+
+
+def image_info(path: str | os.PathLike, qemu_img: str = QEMU_IMG) -> dict:
+    """``qemu-img info --output=json`` of an image (without following the backing chain)."""
+    import json
+
+    result = subprocess.run(
+        [qemu_img, "info", "-U", "--output=json", str(path)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise ImageError(f"cannot inspect image {path}: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+__all__ = ["create_overlay", "remove_overlay", "overlay_path", "check_base_image", "image_info"]

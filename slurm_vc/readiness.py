@@ -1,0 +1,243 @@
+"""Readiness: decide when a started guest is usable, with a bounded wait.
+
+The probe is chosen per image (``ImageSpec.readiness.probe``):
+
+- ``serial``: the guest writes a line containing ``readiness.serial_line`` (default ``SLURM-VC-READY``)
+  to the virtio-serial port ``org.slurm-vc.ready``, whose host side is a file or a listening UNIX
+  socket; the console log is scanned too, for images that can only print on ttyS0.
+- ``agent``: qemu-guest-agent answers ``guest-ping`` (through libvirt's agent channel).
+- ``tcp``: a TCP port (default 22, ssh) on the guest's address accepts connections.
+
+On timeout, :class:`~slurm_vc.errors.GuestNotReadyError` carries the last lines of the console log, so
+the user sees why the guest did not come up (kernel panic, cloud-init error, ...).  A guest that stops
+while we wait fails at once with the same information.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Optional, Protocol
+
+from .config import Readiness
+from .errors import GuestNotReadyError, HypervisorError
+from .hypervisor import Hypervisor, tail_file
+
+CONSOLE_TAIL_LINES = 20
+POLL_INTERVAL = 0.05
+
+
+class Probe(Protocol):
+    """One readiness check; ``poll`` is cheap and never blocks for long."""
+
+    description: str
+
+    def poll(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class _GrowingText:
+    """New text of a file or a connected UNIX socket, accumulated across polls."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        self.sock: Optional[socket.socket] = None
+        self.text = ""
+
+    def read(self) -> str:
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError:
+            return self.text
+        if stat.S_ISSOCK(mode):
+            self._read_socket()
+        elif stat.S_ISREG(mode):
+            try:
+                with open(self.path, "rb") as handle:
+                    handle.seek(self.offset)
+                    data = handle.read()
+            except OSError:
+                return self.text
+            self.offset += len(data)
+            self.text += data.decode(errors="replace")
+        return self.text
+
+    def _read_socket(self) -> None:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                return
+            sock.setblocking(False)
+            self.sock = sock
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            if not data:  # QEMU closed the socket: reconnect on the next poll
+                self.close()
+                return
+            self.text += data.decode(errors="replace")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class SerialProbe:
+    """The ready line on the ready channel (file or UNIX socket) or in the console log."""
+
+    def __init__(self, line: str, channel_path: Optional[str], console_log: Optional[str]):
+        self.line = line
+        self.sources = [_GrowingText(path) for path in (channel_path, console_log) if path]
+        self.description = f"the line {line!r} on " + " or ".join(source.path for source in self.sources)
+        if not self.sources:
+            raise ValueError("the serial probe needs a ready channel path or a console log")
+
+    def poll(self) -> bool:
+        return any(self.line in source.read() for source in self.sources)
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+
+
+class AgentProbe:
+    """qemu-guest-agent answers ``guest-ping``."""
+
+    def __init__(self, hypervisor: Hypervisor, name: str):
+        self.hypervisor = hypervisor
+        self.name = name
+        self.description = f"qemu-guest-agent guest-ping in {name}"
+
+    def poll(self) -> bool:
+        import libvirt
+        import libvirt_qemu
+
+        try:
+            dom = self.hypervisor._domain(self.name)
+            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 1, 0)
+        except (libvirt.libvirtError, HypervisorError):
+            return False  # agent not connected yet, or not answering yet
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class TcpProbe:
+    """A TCP port on the guest accepts a connection."""
+
+    def __init__(self, address: str, port: int):
+        self.address = address
+        self.port = port
+        self.description = f"TCP port {port} on {address}"
+
+    def poll(self) -> bool:
+        try:
+            with socket.create_connection((self.address, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        pass
+
+
+def make_probe(
+    readiness: Readiness,
+    hypervisor: Hypervisor,
+    name: str,
+    *,
+    ready_channel: Optional[str] = None,
+    console_log: Optional[str] = None,
+    address: Optional[str] = None,
+) -> Probe:
+    """The probe the image asks for."""
+    if readiness.probe == "serial":
+        return SerialProbe(readiness.serial_line, ready_channel, console_log)
+    if readiness.probe == "agent":
+        return AgentProbe(hypervisor, name)
+    if readiness.probe == "tcp":
+        if not address:
+            raise ValueError("the tcp readiness probe needs the guest's address")
+        return TcpProbe(address, readiness.tcp_port)
+    raise ValueError(f"unknown readiness probe {readiness.probe!r}")
+
+
+def wait_ready(
+    hypervisor: Hypervisor,
+    name: str,
+    readiness: Readiness,
+    timeout: float,
+    *,
+    ready_channel: Optional[str] = None,
+    console_log: Optional[str] = None,
+    address: Optional[str] = None,
+    probe: Optional[Probe] = None,
+) -> float:
+    """Wait until guest ``name`` is ready; return the seconds it took.
+
+    Raises GuestNotReadyError (with the console tail) on timeout or when the guest stops meanwhile.
+    """
+    probe = probe or make_probe(
+        readiness, hypervisor, name, ready_channel=ready_channel, console_log=console_log, address=address
+    )
+    start = time.monotonic()
+    deadline = start + timeout
+    next_alive_check = start
+    try:
+        while True:
+            if probe.poll():
+                return time.monotonic() - start
+            now = time.monotonic()
+            if now >= next_alive_check:  # a libvirt round trip: not on every poll
+                if not hypervisor.is_running(name):
+                    raise GuestNotReadyError(
+                        f"guest {name} stopped before it became ready (waited for {probe.description})"
+                        + _console_section(hypervisor, name, console_log)
+                    )
+                next_alive_check = now + 0.5
+            if now >= deadline:
+                raise GuestNotReadyError(
+                    f"guest {name} was not ready after {timeout:.0f} s (waited for {probe.description})"
+                    + _console_section(hypervisor, name, console_log)
+                )
+            time.sleep(POLL_INTERVAL)
+    finally:
+        probe.close()
+
+
+def _console_section(hypervisor: Hypervisor, name: str, console_log: Optional[str]) -> str:
+    text = ""
+    if console_log:
+        text = tail_file(console_log, CONSOLE_TAIL_LINES)
+    else:
+        try:
+            text = hypervisor.console_tail(name, CONSOLE_TAIL_LINES)
+        except HypervisorError:
+            pass
+    if not text.strip():
+        return "; the guest console log is empty"
+    where = f" ({console_log})" if console_log else ""
+    return f"; last lines of the guest console{where}:\n{text.rstrip()}"
+
+
+def console_tail(path: str | Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    """The last lines of a console log file ('' when missing)."""
+    return tail_file(path, lines)
+
+
+__all__ = ["wait_ready", "make_probe", "SerialProbe", "AgentProbe", "TcpProbe", "console_tail"]
