@@ -1,0 +1,111 @@
+"""The hugepage pool manager on this machine's real kernel pools (root).
+
+Other tests may start guests backed by 2M pages at the same time, so every assertion is about a delta
+this test caused, and the finalizer gives back exactly what this test added (it forces the starting
+value only if its own release failed).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import pytest
+
+from slurm_vc.errors import HugepageError
+from slurm_vc.hugepages import HugepagePool, pool_dir
+from slurm_vc.units import GIB, MIB
+
+pytestmark = pytest.mark.integration
+
+M2 = 2 * MIB
+G1 = GIB
+SYSFS = "/sys"
+
+
+def numa_nodes() -> list[int]:
+    return sorted(
+        int(re.search(r"node(\d+)$", path)[1])
+        for path in glob.glob(f"{SYSFS}/devices/system/node/node[0-9]*")
+    )
+
+
+def persistent(node: int, size: int) -> int:
+    directory = pool_dir(SYSFS, node, size)
+    with open(f"{directory}/nr_hugepages") as nr, open(f"{directory}/surplus_hugepages") as surplus:
+        return int(nr.read()) - int(surplus.read())
+
+
+def meminfo_hugepages_total() -> int:
+    """HugePages_Total of /proc/meminfo: the default (2M on x86) size, all nodes."""
+    with open("/proc/meminfo") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("HugePages_Total:"))
+
+
+@pytest.fixture
+def real_pool(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to write the kernel's hugepage pools")
+    nodes = numa_nodes()
+    if not nodes or not all(os.path.isdir(pool_dir(SYSFS, node, M2)) for node in nodes):
+        pytest.skip("no per-NUMA-node 2M hugepage pools in sysfs")
+    sizes = [size for size in (M2, G1) if os.path.isdir(pool_dir(SYSFS, nodes[0], size))]
+    snapshot = {(node, size): persistent(node, size) for node in nodes for size in sizes}
+    pool = HugepagePool(str(tmp_path / "state"), SYSFS, lock_timeout=30, compact_retries=1)
+    yield pool, nodes, snapshot
+    forced = False
+    for ledger in pool.list_ledgers():
+        try:
+            pool.release(ledger.job_id)
+        except Exception:  # the finalizer must restore the pools whatever went wrong
+            forced = True
+    if forced or pool.list_ledgers():
+        for (node, size), pages in snapshot.items():
+            with open(f"{pool_dir(SYSFS, node, size)}/nr_hugepages", "w") as handle:
+                handle.write(str(pages))
+
+
+def test_reserve_and_release_2m_pages_on_the_real_kernel(real_pool):
+    pool, nodes, snapshot = real_pool
+    node = nodes[0]
+    meminfo_before = meminfo_hugepages_total()
+    before = persistent(node, M2)
+
+    reservation = pool.reserve("it-hp-2m", M2, {node: 64})
+
+    after = persistent(node, M2)
+    ledger = pool.ledger("it-hp-2m")
+    assert ledger.state == "held" and ledger.nodes[node].asked == 64
+    assert reservation.added[node] >= 64  # 64 fresh pages, plus any surplus the grow adopted
+    assert after - before == reservation.added[node]
+    assert meminfo_hugepages_total() - meminfo_before >= 64
+    assert pool.counts(node, M2).free >= 64
+
+    reservation.release()
+
+    assert persistent(node, M2) == after - reservation.added[node]
+    assert pool.ledger("it-hp-2m") is None
+    pool.release("it-hp-2m")  # a second release is a no-op
+    assert persistent(node, M2) == after - reservation.added[node]
+
+
+def test_reserve_1g_pages_or_roll_back_on_the_real_kernel(real_pool):
+    pool, nodes, snapshot = real_pool
+    node = nodes[0]
+    if (node, G1) not in snapshot:
+        pytest.skip("this kernel offers no 1G hugepages")
+    before_1g = persistent(node, G1)
+    try:
+        reservation = pool.reserve("it-hp-1g", G1, {node: 2})
+    except HugepageError as error:
+        # Too fragmented on this machine: the manager must have restored the pool.
+        assert f"NUMA node {node}" in str(error) and "wanted 2" in str(error)
+        assert persistent(node, G1) == before_1g
+        assert pool.ledger("it-hp-1g") is None
+        return
+    assert reservation.added[node] >= 2
+    assert persistent(node, G1) - before_1g == reservation.added[node]
+    reservation.release()
+    assert persistent(node, G1) == before_1g
+    assert pool.ledger("it-hp-1g") is None
