@@ -1,0 +1,781 @@
+"""A real N-node Slurm cluster on one machine: ``slurm-vc sandbox up | status | down | exec``.
+
+What ``up`` starts (every process recorded by PID and start time in ``<base>/state.json`` *before*
+the next step, so ``down`` can undo any prefix of an interrupted ``up``):
+
+- a private ``munged`` (as the munge user) on ``<base>/munge/munge.socket``; slurm.conf points
+  ``AuthInfo=socket=`` at it, so the sandbox neither needs nor disturbs a system munged;
+- ``slurmctld`` in the host network namespace (its own UTS namespace, hostname ``<name>-ctld``),
+  listening on the control bridge ``<name>-cbr`` at 10.X.0.254 and on a port derived from the name;
+- per node ``nodeI``: a network namespace ``<name>-nodeI`` (control veth 10.X.0.I, guest bridge
+  ``<name>-gbr`` joined through a veth to the host fabric bridge ``<name>-fab``), a private libvirtd
+  in it (``slurm_vc.sandbox.libvirtd.PrivateLibvirtd``), and ``slurmd -N nodeI`` in that network
+  namespace plus its own UTS namespace (hostname ``nodeI``);
+- an unprivileged user for jobs (``vcuser`` by default; created once, shared, never deleted).
+
+See :mod:`slurm_vc.sandbox.layout` for the base directory layout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from ..errors import HostError, SlurmError, UsageError
+from . import net, procs
+from .layout import (
+    DEFAULT_BRIDGE_MTU,
+    DEFAULT_NAME,
+    DEFAULT_ROOT,
+    SandboxLayout,
+    layout_for,
+    node_memory_mb,
+    node_names,
+)
+from .procs import ProcRef
+from .render import (
+    Hooks,
+    SiteOptions,
+    render_cgroup_conf,
+    render_hook_wrapper,
+    render_plugstack_conf,
+    render_slurm_conf,
+    site_config_mapping,
+    to_toml,
+)
+from .state import SandboxState
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_USER = "vcuser"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MUNGE_KEY = "/etc/munge/munge.key"
+GUEST_OUT = REPO / "guest" / "out"
+UP_TIMEOUT = 60.0
+# Processes `down` may find by their arguments when the recorded state is lost.
+DAEMON_COMMS = ("munged", "slurmctld", "slurmd", "slurmstepd", "libvirtd", "virtlogd", "python", "python3")
+HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
+
+
+def venv_bin() -> str:
+    """The bin dir of the Python environment running us (it holds ``slurm-vc``)."""
+    return str(Path(sys.prefix) / "bin")
+
+
+def _log(message: str) -> None:
+    print(f"sandbox: {message}", file=sys.stderr, flush=True)
+
+
+class Sandbox:
+    """One sandbox cluster, by name.  All methods need root except reading the layout."""
+
+    def __init__(self, name: str = DEFAULT_NAME, root: str = DEFAULT_ROOT, quiet: bool = False):
+        self.layout: SandboxLayout = layout_for(name, root)
+        self.quiet = quiet
+
+    # -- small helpers --------------------------------------------------------------------------
+    @property
+    def base(self) -> Path:
+        return self.layout.base
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            _log(message)
+
+    def state(self) -> SandboxState:
+        return SandboxState.load(self.layout.state_file)
+
+    @property
+    def nodes(self) -> list[str]:
+        """Node names of the running (or last recorded) sandbox."""
+        return list(self.state().data.get("nodes", []))
+
+    @property
+    def user(self) -> str:
+        return str(self.state().data.get("user", DEFAULT_USER))
+
+    def client_env(self, user: Optional[str] = None) -> dict[str, str]:
+        """Environment for Slurm client commands against this sandbox (SLURM_CONF, PATH, ...)."""
+        name = user or "root"
+        try:
+            home = pwd.getpwnam(name).pw_dir
+        except KeyError:
+            home = "/"
+        env = {
+            "PATH": f"{venv_bin()}:{SYSTEM_PATH}",
+            "SLURM_CONF": str(self.layout.slurm_conf),
+            "SLURM_VC_CONFIG": str(self.layout.login_config),
+            "HOME": home,
+            "USER": name,
+            "LOGNAME": name,
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        if "TERM" in os.environ:
+            env["TERM"] = os.environ["TERM"]
+        return env
+
+    def is_up(self) -> bool:
+        """True when up completed and every recorded daemon is still alive."""
+        data = self.state().data
+        if not data.get("complete"):
+            return False
+        return all(procs.alive(ProcRef.from_json(ref)) for ref in data.get("procs", {}).values())
+
+    # -- up -------------------------------------------------------------------------------------
+    def up(
+        self,
+        nodes: int = 3,
+        bridge_mtu: int = DEFAULT_BRIDGE_MTU,
+        guest_mtu: int = 1500,
+        user: str = DEFAULT_USER,
+        libvirt: bool = True,
+        timeout: float = UP_TIMEOUT,
+    ) -> None:
+        """Bring the sandbox up (after cleaning whatever an earlier up/down left).  Raises on failure."""
+        _require_root()
+        _require_tools()
+        names = node_names(nodes)
+        if not 1280 <= bridge_mtu <= 65520 or not 576 <= guest_mtu <= bridge_mtu:
+            raise UsageError("need 1280 <= --mtu <= 65520 and 576 <= --guest-mtu <= --mtu")
+        started = time.monotonic()
+        if self.is_up() and self.state().data.get("nodes") == names:
+            self._say(f"{self.layout.name} is already up with {nodes} node(s)")
+            return
+        self.down(keep_logs=False)
+        self._check_collisions()
+        layout = self.layout
+        for sub in ("etc", "bin", "log", "run", "munge", "ctld/state", "libvirt"):
+            (layout.base / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(layout.base, 0o755)
+        state = SandboxState(layout.state_file)
+        state.data = {
+            "name": layout.name,
+            "nodes": names,
+            "octet": layout.octet,
+            "ctld_port": layout.ctld_port,
+            "user": user,
+            "complete": False,
+            "procs": {},
+            "netns": [],
+            "links": [],
+            "warnings": [],
+            "hugepages": _hugepage_counts(),
+            "started": time.time(),
+        }
+        state.save()
+        try:
+            self._up(state, names, bridge_mtu, guest_mtu, user, libvirt, timeout)
+        except BaseException:
+            self._say("up failed; cleaning up (logs kept in " + str(layout.log) + ")")
+            self.down(keep_logs=True)
+            raise
+        state.set("complete", True)
+        self._say(f"{layout.name} up: {nodes} node(s) in {time.monotonic() - started:.1f} s")
+
+    def _up(
+        self,
+        state: SandboxState,
+        names: list[str],
+        bridge_mtu: int,
+        guest_mtu: int,
+        user: str,
+        libvirt: bool,
+        timeout: float,
+    ) -> None:
+        if ensure_user(user):
+            state.set("created_user", user)
+        hooks, warnings = self._install_hooks()
+        for warning in warnings:
+            self._say("warning: " + warning)
+        state.set("warnings", warnings)
+        self._write_configs(names, guest_mtu, hooks)
+
+        self._start_munged(state)
+        self._setup_network(state, names, bridge_mtu)
+        self._start_slurmctld(state)
+
+        libvirt_errors: list[str] = []
+        threads = []
+        if libvirt:
+            threads = self._start_libvirtds(state, names, libvirt_errors)
+        for node in names:
+            self._start_slurmd(state, node)
+        for thread in threads:
+            thread.join()
+        if libvirt_errors:
+            raise HostError("; ".join(libvirt_errors))
+        self._wait_nodes_idle(names, timeout)
+
+    def _check_collisions(self) -> None:
+        """Refuse a subnet or port that something else on this machine already uses."""
+        layout = self.layout
+        for ifname, address in net.addresses_in_use():
+            host = ipaddress.IPv4Address(address.split("/")[0])
+            if host in layout.sandbox_net and not ifname.startswith(layout.link_prefix):
+                raise HostError(
+                    f"subnet {layout.sandbox_net} of sandbox {layout.name!r} is already used by {ifname} "
+                    f"({address}): choose another --name"
+                )
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # Like slurmctld itself: a dead sandbox's TIME_WAIT sockets must not count as "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", layout.ctld_port))
+            except OSError:
+                raise HostError(
+                    f"port {layout.ctld_port} (slurmctld of sandbox {layout.name!r}) is in use: "
+                    "choose another --name"
+                ) from None
+
+    def _install_hooks(self) -> tuple[Hooks, list[str]]:
+        """Wrappers for the working tree's prolog/epilog/task prolog, and the SPANK plugin."""
+        layout = self.layout
+        warnings: list[str] = []
+        path_dirs = [venv_bin(), *SYSTEM_PATH.split(":")]
+        found = find_hook_executables(REPO)
+        wrappers: dict[str, Optional[str]] = {}
+        for role in ("prolog", "epilog", "task-prolog", "exec"):
+            target = found.get(role)
+            if target is None:
+                warnings.append(
+                    f"no {role} executable in {REPO}/{{{','.join(HOOK_DIRS)}}}: {role} not configured"
+                )
+                wrappers[role] = None
+                continue
+            wrapper = layout.bin / (role if role != "exec" else "slurm-vc-exec")
+            wrapper.write_text(render_hook_wrapper(layout, path_dirs, [target]))
+            os.chmod(wrapper, 0o755)
+            wrappers[role] = str(wrapper)
+        plugin, warning = build_spank_plugin(REPO)
+        plugstack = None
+        if plugin:
+            args = spank_args(layout, wrappers["exec"])
+            layout.plugstack_conf.write_text(render_plugstack_conf(plugin, args))
+            plugstack = str(layout.plugstack_conf)
+        else:
+            warnings.append(warning or "SPANK plugin not built")
+        hooks = Hooks(
+            prolog=wrappers["prolog"],
+            epilog=wrappers["epilog"],
+            task_prolog=wrappers["task-prolog"],
+            plugstack=plugstack,
+        )
+        return hooks, warnings
+
+    def _write_configs(self, names: list[str], guest_mtu: int, hooks: Hooks) -> None:
+        layout = self.layout
+        memory = node_memory_mb(_total_memory_mb(), len(names))
+        layout.slurm_conf.write_text(render_slurm_conf(layout, names, memory, hooks))
+        (layout.etc / "cgroup.conf").write_text(render_cgroup_conf())
+        options = SiteOptions(images=catalog_images(GUEST_OUT), guest_mtu=guest_mtu)
+        layout.login_config.write_text(to_toml(site_config_mapping(layout, None, options)))
+        for node in names:
+            layout.node_config(node).write_text(to_toml(site_config_mapping(layout, node, options)))
+            for sub in ("spool", "state"):
+                (layout.node_dir(node) / sub).mkdir(parents=True, exist_ok=True)
+        for path in layout.etc.iterdir():
+            os.chmod(path, 0o644)
+
+    def _daemon_env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{venv_bin()}:{SYSTEM_PATH}",
+            "LANG": "C.UTF-8",
+            "SLURM_CONF": str(self.layout.slurm_conf),
+        }
+
+    def _start_munged(self, state: SandboxState) -> None:
+        layout = self.layout
+        munge = pwd.getpwnam("munge")
+        os.chown(layout.munge_dir, munge.pw_uid, munge.pw_gid)
+        os.chmod(layout.munge_dir, 0o755)  # clients (the job user too) must reach the socket
+        command = [
+            "/usr/sbin/munged",
+            "--foreground",
+            f"--socket={layout.munge_socket}",
+            f"--pid-file={layout.munge_dir}/munged.pid",
+            f"--log-file={layout.munge_dir}/munged.log",
+            f"--seed-file={layout.munge_dir}/munged.seed",
+            f"--key-file={MUNGE_KEY}",
+        ]
+        ref = procs.spawn(command, layout.log / "munged.out", self._daemon_env(), user="munge")
+        state.record_proc("munged", ref.to_json())
+        _wait_for(
+            lambda: layout.munge_socket.exists() and _munge_works(layout.munge_socket),
+            10,
+            lambda: (
+                "munged did not start:"
+                + _tail(layout.munge_dir / "munged.log")
+                + _tail(layout.log / "munged.out")
+            ),
+            ref,
+        )
+
+    def _setup_network(self, state: SandboxState, names: list[str], bridge_mtu: int) -> None:
+        layout = self.layout
+        state.add_to("links", layout.control_bridge)
+        net.add_bridge(layout.control_bridge, 1500, f"{layout.host_address}/24")
+        state.add_to("links", layout.fabric_bridge)
+        net.add_bridge(layout.fabric_bridge, bridge_mtu)
+        for index, node in enumerate(names, start=1):
+            netns = layout.netns(node)
+            state.add_to("netns", netns)
+            net.setup_node_network(
+                netns=netns,
+                control_veth=layout.control_veth(index),
+                control_bridge=layout.control_bridge,
+                address=f"{layout.node_address(index)}/24",
+                fabric_veth=layout.fabric_veth(index),
+                fabric_bridge=layout.fabric_bridge,
+                guest_bridge=layout.guest_bridge,
+                mtu=bridge_mtu,
+            )
+
+    def _start_slurmctld(self, state: SandboxState) -> None:
+        layout = self.layout
+        command = [
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            layout.ctld_hostname,
+            "/usr/sbin/slurmctld",
+            "-D",
+            "-f",
+            str(layout.slurm_conf),
+        ]
+        ref = procs.spawn(command, layout.log / "slurmctld.out", self._daemon_env())
+        state.record_proc("slurmctld", ref.to_json())
+        _wait_for(
+            lambda: self._slurm("scontrol", "ping", check=False).stdout.find("UP") >= 0,
+            20,
+            lambda: (
+                f"slurmctld did not answer: {_tail(layout.log / 'slurmctld.log')}"
+                f"{_tail(layout.log / 'slurmctld.out')}"
+            ),
+            ref,
+        )
+
+    def _start_slurmd(self, state: SandboxState, node: str) -> None:
+        layout = self.layout
+        command = [
+            "nsenter",
+            f"--net={net.NETNS_DIR}/{layout.netns(node)}",
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            node,
+            "/usr/sbin/slurmd",
+            "-D",
+            "-N",
+            node,
+            "-f",
+            str(layout.slurm_conf),
+        ]
+        ref = procs.spawn(command, layout.log / f"slurmd-{node}.out", self._daemon_env())
+        state.record_proc(f"slurmd-{node}", ref.to_json())
+
+    def _start_libvirtds(
+        self, state: SandboxState, names: list[str], errors: list[str]
+    ) -> list[threading.Thread]:
+        """Start every node's private libvirtd in parallel threads (each takes ~1 s)."""
+        try:
+            from .libvirtd import PrivateLibvirtd
+        except ImportError as exc:
+            raise HostError(f"cannot import the private libvirtd launcher: {exc}") from None
+        state.set("libvirtds", names)
+        threads = []
+        for node in names:
+            daemon = PrivateLibvirtd(node, self.layout.libvirt_dir, netns=self.layout.netns(node))
+
+            def start(daemon: PrivateLibvirtd = daemon) -> None:
+                try:
+                    daemon.start()
+                except Exception as exc:  # reported by up() after every thread ended
+                    errors.append(str(exc))
+
+            thread = threading.Thread(target=start, name=f"libvirtd-{node}")
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _wait_nodes_idle(self, names: list[str], timeout: float) -> None:
+        def all_idle() -> bool:
+            states = self.node_states()
+            return len(states) == len(names) and all(s.startswith("idle") for s in states.values())
+
+        failed = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all_idle():
+                return
+            for node in names:
+                ref = ProcRef.from_json(self.state().data["procs"][f"slurmd-{node}"])
+                if not procs.alive(ref):
+                    failed = node
+                    break
+            if failed:
+                break
+            time.sleep(0.1)
+        detail = _tail(self.layout.log / f"slurmd-{failed}.log") if failed else str(self.node_states())
+        what = f"slurmd on {failed} exited" if failed else f"nodes not idle after {timeout:.0f} s"
+        raise SlurmError(f"sandbox {self.layout.name}: {what}: {detail}")
+
+    # -- queries --------------------------------------------------------------------------------
+    def _slurm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = self.client_env()
+        result = subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=30)
+        if check and result.returncode != 0:
+            raise SlurmError(f"`{' '.join(args)}` failed: {result.stderr.strip()}")
+        return result
+
+    def node_states(self) -> dict[str, str]:
+        """node -> Slurm state (``idle``, ``alloc``, ``down*``, ...); empty when slurmctld is down."""
+        if not self.layout.slurm_conf.exists():
+            return {}
+        try:
+            result = self._slurm("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+        except subprocess.TimeoutExpired:
+            return {}
+        if result.returncode != 0:
+            return {}
+        states = {}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                states[parts[0]] = parts[1]
+        return states
+
+    def status(self) -> dict:
+        """Daemons (pid, alive), node states, bridges, libvirtd sockets and warnings, as a dict."""
+        layout = self.layout
+        data = self.state().data
+        daemons = {}
+        for role, ref in sorted(data.get("procs", {}).items()):
+            proc = ProcRef.from_json(ref)
+            daemons[role] = {"pid": proc.pid, "alive": procs.alive(proc)}
+        for node in data.get("libvirtds", []):
+            socket_path = layout.libvirt_socket(node)
+            daemons[f"libvirtd-{node}"] = {"socket": str(socket_path), "alive": socket_path.exists()}
+        names = data.get("nodes", [])
+        links = net.link_summary([layout.control_bridge, layout.fabric_bridge])
+        for node in names:
+            if net.netns_exists(layout.netns(node)):
+                inner = net.link_summary([layout.guest_bridge, "eth0"], netns=layout.netns(node))
+                links[f"{node}:{layout.guest_bridge}"] = inner[layout.guest_bridge]
+        images = {}
+        for image, spec in catalog_images(GUEST_OUT).items():
+            files = [str(spec[key]) for key in ("kernel", "initrd", "disk") if key in spec]
+            images[image] = {"files": files, "present": all(os.path.exists(f) for f in files)}
+        return {
+            "name": layout.name,
+            "base": str(layout.base),
+            "up": self.is_up(),
+            "complete": bool(data.get("complete")),
+            "nodes": self.node_states() if names else {},
+            "daemons": daemons,
+            "links": links,
+            "netns": net.netns_list(layout.netns_prefix),
+            "images": images,
+            "warnings": data.get("warnings", []),
+            "slurm_conf": str(layout.slurm_conf),
+            "control_subnet": str(layout.control_subnet),
+            "guest_subnet": layout.guest_subnet,
+        }
+
+    # -- exec -----------------------------------------------------------------------------------
+    def exec_argv(
+        self,
+        argv: Sequence[str],
+        user: Optional[str] = None,
+        cwd: Optional[str] = None,
+        capture: bool = False,
+        timeout: Optional[float] = None,
+    ) -> subprocess.CompletedProcess:
+        """Run ``argv`` against the sandbox as ``user`` (default: the sandbox's job user).
+
+        The working directory is ``cwd``, else the current directory when ``user`` can write it (sbatch
+        writes the job's output there), else the user's home.
+        """
+        if not argv:
+            raise UsageError("nothing to run: give a command after --")
+        name = user or self.user
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise UsageError(f"no such user {name!r}") from None
+        env = self.client_env(name)
+        if cwd is None:
+            here = os.getcwd()
+            cwd = here if _writable_by(here, entry) else entry.pw_dir
+        kwargs: dict = {}
+        if entry.pw_uid != os.geteuid():
+            kwargs = {
+                "user": entry.pw_uid,
+                "group": entry.pw_gid,
+                "extra_groups": os.getgrouplist(name, entry.pw_gid),
+            }
+        return subprocess.run(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            capture_output=capture,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    # -- down -----------------------------------------------------------------------------------
+    def down(self, keep_logs: bool = True) -> None:
+        """Remove everything the sandbox made; idempotent, and works from a partial or lost state."""
+        _require_root()
+        layout = self.layout
+        state = SandboxState.load(layout.state_file)
+        data = state.data
+        recorded = {role: ProcRef.from_json(ref) for role, ref in data.get("procs", {}).items()}
+        netns_names = sorted(set(data.get("netns", [])) | set(net.netns_list(layout.netns_prefix)))
+
+        # 1. No new jobs, prologs or epilogs: stop slurmd and slurmctld.
+        slurm_daemons = [ref for role, ref in recorded.items() if role.startswith(("slurmd-", "slurmctld"))]
+        procs.stop(slurm_daemons, timeout=5)
+
+        # 2. The guests: each libvirtd destroys its domains, then stops (and kills leftover QEMU).
+        libvirt_nodes = set(data.get("libvirtds", []))
+        if layout.libvirt_dir.exists():
+            libvirt_nodes |= {p.name for p in layout.libvirt_dir.iterdir() if p.is_dir()}
+        if libvirt_nodes:
+            from .libvirtd import PrivateLibvirtd
+
+            threads = []
+            for node in sorted(libvirt_nodes):
+                daemon = PrivateLibvirtd(node, layout.libvirt_dir, netns=layout.netns(node))
+                thread = threading.Thread(target=_quietly, args=(daemon.stop,))
+                thread.start()
+                threads.append(thread)
+            for thread in threads:
+                thread.join()
+
+        # 3. Whatever still runs in a node namespace (slurmstepd, job tasks, prolog helpers).
+        for netns in netns_names:
+            procs.stop(procs.pids_in_netns(f"{net.NETNS_DIR}/{netns}"), timeout=3)
+
+        # 4. Daemons found by their arguments (a lost state.json): slurmctld, slurmd, munged.
+        procs.stop(procs.pids_with_arg(str(layout.base) + "/", DAEMON_COMMS), timeout=5)
+        procs.stop(list(recorded.values()), timeout=5)
+
+        # 5. Namespaces, then host links (veth host ends vanish with their namespace).
+        for netns in netns_names:
+            net.delete_netns(netns)
+        for link in sorted(set(data.get("links", [])) | set(net.host_links(layout.link_prefix))):
+            net.delete_link(link)
+
+        # 6. Hugepage pools grown while the sandbox ran (the lifecycle's epilog normally releases them).
+        _restore_hugepages(data.get("hugepages", {}))
+
+        # 7. Files: everything but the logs (kept for a post-mortem unless asked).
+        if layout.base.exists():
+            for entry in layout.base.iterdir():
+                if keep_logs and entry.name == "log":
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+# -- helpers used above (module level so tests can reach them) ---------------------------------------
+def _quietly(function) -> None:
+    try:
+        function()
+    except Exception as exc:  # down must go on; the next down retries
+        _log(f"warning: {exc}")
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("the sandbox needs root (namespaces, bridges, daemons)")
+
+
+def _require_tools() -> None:
+    missing = [
+        tool
+        for tool in ("ip", "nsenter", "unshare", "useradd")
+        if shutil.which(tool, path=SYSTEM_PATH) is None
+    ]
+    missing += [
+        path
+        for path in ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
+        if not os.path.exists(path)
+    ]
+    if not os.path.exists(MUNGE_KEY):
+        missing.append(MUNGE_KEY)
+    if missing:
+        raise HostError(f"missing: {', '.join(missing)} (run scripts/install-deps.sh)")
+
+
+def ensure_user(name: str) -> bool:
+    """Create the unprivileged job user (with a home directory) if missing.  True when created."""
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        pass
+    result = subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name],
+        capture_output=True,
+        text=True,
+        env={"PATH": SYSTEM_PATH},
+    )
+    if result.returncode != 0:
+        raise HostError(f"cannot create user {name}: {result.stderr.strip()}")
+    return True
+
+
+HOOK_DIRS = ("prolog", "epilog", "libexec", "bin")
+
+
+def hook_role(filename: str) -> Optional[str]:
+    """Which Slurm hook an executable's file name is: prolog, task-prolog, epilog, exec, or None."""
+    if "task" in filename and "prolog" in filename:
+        return "task-prolog"
+    if "prolog" in filename:
+        return "prolog"
+    if "epilog" in filename:
+        return "epilog"
+    if filename.endswith("exec"):
+        return "exec"  # the SPANK task wrapper (slurm-vc-exec)
+    return None
+
+
+def find_hook_executables(repo: Path) -> dict[str, str]:
+    """role -> executable in the working tree (prolog/, epilog/, libexec/, bin/), chosen by file name."""
+    found: dict[str, str] = {}
+    for directory in HOOK_DIRS:
+        folder = repo / directory
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            role = hook_role(path.name)
+            if role and path.is_file() and os.access(path, os.X_OK):
+                found.setdefault(role, str(path))
+    return found
+
+
+def build_spank_plugin(repo: Path) -> tuple[Optional[str], Optional[str]]:
+    """Build the SPANK plugin with ``make -C spank``; (path of the .so, None) or (None, why not)."""
+    spank = repo / "spank"
+    if not (spank / "Makefile").exists():
+        return None, f"no {spank}/Makefile: SPANK plugin (--vcluster) not installed"
+    result = subprocess.run(
+        ["make", "-s", "-C", str(spank)], capture_output=True, text=True, env={"PATH": SYSTEM_PATH}
+    )
+    if result.returncode != 0:
+        return None, f"make -C {spank} failed: {(result.stderr or result.stdout).strip()[-500:]}"
+    built = sorted(spank.glob("*.so"))
+    if not built:
+        return None, f"make -C {spank} produced no .so"
+    return str(built[0]), None
+
+
+def spank_args(layout: SandboxLayout, wrapper: Optional[str]) -> list[str]:
+    """plugstack.conf arguments: the validator and its config, and the task wrapper (or wrap=0)."""
+    args = [f"validator={venv_bin()}/slurm-vc", f"config={layout.login_config}"]
+    args.append(f"wrapper={wrapper}" if wrapper else "wrap=0")
+    return args
+
+
+def catalog_images(out_dir: Path) -> dict[str, dict]:
+    """The sandbox catalog: the tiny test guest as ``tiny``, and as ``centos7-hpc`` for the README example."""
+    tiny = {
+        "description": "tiny busybox test guest (guest/build-tiny-guest.sh)",
+        "kernel": str(out_dir / "vmlinuz"),
+        "initrd": str(out_dir / "initrd.img"),
+        "seed": "both",
+        "readiness": {"probe": "serial"},
+        "default_memory": "256M",
+    }
+    hpc = dict(tiny, description="stand-in for CentOS 7 HPC: the tiny test guest")
+    return {"tiny": tiny, "centos7-hpc": hpc}
+
+
+def _writable_by(path: str, entry: pwd.struct_passwd) -> bool:
+    """Can the user ``entry`` create files in directory ``path`` (mode bits only)?"""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if entry.pw_uid == 0:
+        return True
+    if st.st_uid == entry.pw_uid:
+        return bool(st.st_mode & 0o200)
+    if st.st_gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        return bool(st.st_mode & 0o020)
+    return bool(st.st_mode & 0o002)
+
+
+def _munge_works(socket_path: Path) -> bool:
+    encoded = subprocess.run(["munge", "-n", "-S", str(socket_path)], capture_output=True)
+    if encoded.returncode != 0:
+        return False
+    decoded = subprocess.run(["unmunge", "-S", str(socket_path)], input=encoded.stdout, capture_output=True)
+    return decoded.returncode == 0
+
+
+def _wait_for(predicate, timeout: float, describe, ref: Optional[ProcRef] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if ref is not None and not procs.alive(ref):
+            break
+        time.sleep(0.05)
+    raise HostError(describe())
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n  " + "\n  ".join(text) if text else ""
+
+
+def _total_memory_mb() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 4096
+
+
+def _hugepage_counts() -> dict[str, int]:
+    """Page-size dir -> nr_hugepages, recorded at up so down can shrink pools grown while it ran."""
+    counts = {}
+    if HUGEPAGES_SYSFS.is_dir():
+        for entry in HUGEPAGES_SYSFS.iterdir():
+            try:
+                counts[entry.name] = int((entry / "nr_hugepages").read_text())
+            except (OSError, ValueError):
+                continue
+    return counts
+
+
+def _restore_hugepages(recorded: dict[str, int]) -> None:
+    for size_dir, count in recorded.items():
+        path = HUGEPAGES_SYSFS / size_dir / "nr_hugepages"
+        try:
+            if int(path.read_text()) > int(count):
+                path.write_text(str(count))
+        except (OSError, ValueError):
+            continue

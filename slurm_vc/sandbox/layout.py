@@ -1,0 +1,238 @@
+"""Where a sandbox cluster keeps everything, and the names and addresses it uses: pure, no I/O.
+
+A sandbox is identified by its *name* (default ``vcsbx``).  From the name alone we derive every path,
+interface name, namespace name, port and subnet, so that ``down`` can find what an interrupted ``up``
+left behind even when the recorded state is lost, and two sandboxes with different names never collide.
+
+Layout of the base directory (``/var/lib/slurm-vc-sandbox/<name>/``)::
+
+    state.json                 what up created (processes, namespaces, links), written before each step
+    etc/slurm.conf             shared by slurmctld, every slurmd and the client commands
+    etc/plugstack.conf         the SPANK plugin line (when the plugin is built)
+    etc/cgroup.conf            minimal, so slurmd does not complain
+    etc/vcluster.toml          the login-side site config (validator at submit)
+    etc/vcluster-<node>.toml   each node's site config (its own libvirtd socket and state dir)
+    bin/prolog, bin/epilog, bin/task-prolog
+                               wrappers: pick etc/vcluster-$SLURMD_NODENAME.toml, set PATH, exec the
+                               working tree's prolog/epilog (Slurm runs them with no PATH, and
+                               slurm.conf is shared, so the node's config must be chosen at run time)
+    munge/                     the sandbox's own munged (socket, pid, log, seed), owned by munge
+    ctld/state/                slurmctld StateSaveLocation
+    nodes/<node>/spool/        SlurmdSpoolDir (%n)
+    nodes/<node>/state/        the node's slurm-vc state_dir (per-job state, overlays, ledgers)
+    libvirt/<node>/            the node's private libvirtd (slurm_vc.sandbox.libvirtd)
+    log/                       slurmctld.log, slurmd-<node>.log, munged.log, daemon stdout/stderr
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+DEFAULT_NAME = "vcsbx"
+DEFAULT_ROOT = "/var/lib/slurm-vc-sandbox"
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+MAX_NODES = 32
+DEFAULT_BRIDGE_MTU = 9000
+SLURMD_PORT = 6818  # every slurmd has its own network namespace, so one port serves all
+CTLD_PORT_BASE = 16800  # slurmctld listens in the host namespace: a port per sandbox name
+NODE_CPUS = 2  # this machine's CPUs; every node claims all of them (they oversubscribe)
+
+
+def validate_name(name: str) -> str:
+    """Check a sandbox name: 1-8 of a-z 0-9, starting with a letter (interface names are short)."""
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"invalid sandbox name {name!r}: use 1-8 lower-case letters and digits, starting with a letter"
+            " (it prefixes interface names, which Linux limits to 15 characters)"
+        )
+    return name
+
+
+def name_hash(name: str) -> int:
+    """A stable hash of the sandbox name (Python's hash() is salted per process)."""
+    return zlib.crc32(name.encode())
+
+
+def second_octet(name: str) -> int:
+    """The sandbox's 10.X.0.0/16: X in 200..249, derived from the name."""
+    return 200 + name_hash(name) % 50
+
+
+def node_names(count: int) -> list[str]:
+    """Node names ``node1`` .. ``nodeN``."""
+    if not 1 <= count <= MAX_NODES:
+        raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {count}")
+    return [f"node{i}" for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class SandboxLayout:
+    """Names, paths and addresses of one sandbox.  Construct with :func:`layout_for`."""
+
+    name: str
+    root: str
+    octet: int
+    ctld_port: int
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def base(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def state_file(self) -> Path:
+        return self.base / "state.json"
+
+    @property
+    def etc(self) -> Path:
+        return self.base / "etc"
+
+    @property
+    def bin(self) -> Path:
+        return self.base / "bin"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "log"
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.etc / "slurm.conf"
+
+    @property
+    def plugstack_conf(self) -> Path:
+        return self.etc / "plugstack.conf"
+
+    @property
+    def login_config(self) -> Path:
+        """Site config used on the 'login node' (the host namespace): the submit-time validator."""
+        return self.etc / "vcluster.toml"
+
+    def node_config(self, node: str) -> Path:
+        return self.etc / f"vcluster-{node}.toml"
+
+    @property
+    def munge_dir(self) -> Path:
+        return self.base / "munge"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.munge_dir / "munge.socket"
+
+    @property
+    def ctld_state(self) -> Path:
+        return self.base / "ctld" / "state"
+
+    def node_dir(self, node: str) -> Path:
+        return self.base / "nodes" / node
+
+    def node_state_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "state"
+
+    @property
+    def libvirt_dir(self) -> Path:
+        """Base dir handed to PrivateLibvirtd; each node's daemon lives in libvirt/<node>/."""
+        return self.base / "libvirt"
+
+    def libvirt_socket(self, node: str) -> Path:
+        """Must match PrivateLibvirtd(node, libvirt_dir).socket_path."""
+        return self.libvirt_dir / node / "run" / "libvirt-sock"
+
+    def libvirt_uri(self, node: str) -> str:
+        return f"qemu+unix:///system?socket={self.libvirt_socket(node)}"
+
+    # -- names ---------------------------------------------------------------------------------
+    @property
+    def ctld_hostname(self) -> str:
+        """slurmctld runs in its own UTS namespace with this hostname (SlurmctldHost must match)."""
+        return f"{self.name}-ctld"
+
+    @property
+    def cluster_name(self) -> str:
+        return self.name
+
+    def netns(self, node: str) -> str:
+        return f"{self.name}-{node}"
+
+    @property
+    def netns_prefix(self) -> str:
+        return f"{self.name}-node"
+
+    @property
+    def control_bridge(self) -> str:
+        """Host bridge of the Slurm control network (slurmctld <-> slurmd, srun <-> slurmstepd)."""
+        return f"{self.name}-cbr"
+
+    @property
+    def fabric_bridge(self) -> str:
+        """Host bridge joining every node's guest bridge (the guests' 'cluster network')."""
+        return f"{self.name}-fab"
+
+    @property
+    def guest_bridge(self) -> str:
+        """The guest bridge inside each node namespace: the site config's network.bridge."""
+        return f"{self.name}-gbr"
+
+    def control_veth(self, index: int) -> str:
+        """Host end of node ``index``'s control veth; the node end is ``eth0`` in its namespace."""
+        return f"{self.name}-c{index}"
+
+    def fabric_veth(self, index: int) -> str:
+        """Host end of node ``index``'s fabric veth; the node end is ``fab0`` on the guest bridge."""
+        return f"{self.name}-f{index}"
+
+    @property
+    def link_prefix(self) -> str:
+        """Every host-side link of this sandbox starts with this (used by ``down`` to sweep)."""
+        return f"{self.name}-"
+
+    # -- addresses -----------------------------------------------------------------------------
+    @property
+    def control_subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"10.{self.octet}.0.0/24")
+
+    @property
+    def host_address(self) -> str:
+        """The host's (slurmctld's, the login side's) address on the control bridge."""
+        return f"10.{self.octet}.0.254"
+
+    def node_address(self, index: int) -> str:
+        return f"10.{self.octet}.0.{index}"
+
+    @property
+    def guest_subnet(self) -> str:
+        """Guest addresses (each job gets /24 blocks of it); never configured on the host."""
+        return f"10.{self.octet}.128.0/17"
+
+    @property
+    def sandbox_net(self) -> ipaddress.IPv4Network:
+        """Everything this sandbox uses: used to detect a collision with another sandbox."""
+        return ipaddress.IPv4Network(f"10.{self.octet}.0.0/16")
+
+    @property
+    def first_job_id(self) -> int:
+        """Job ids differ between sandboxes, so guest/domain names derived from them never collide."""
+        return (self.octet - 199) * 100000
+
+
+def layout_for(name: str = DEFAULT_NAME, root: str = DEFAULT_ROOT) -> SandboxLayout:
+    """The layout of sandbox ``name`` under ``root``."""
+    validate_name(name)
+    octet = second_octet(name)
+    return SandboxLayout(name=name, root=root, octet=octet, ctld_port=CTLD_PORT_BASE + (octet - 200) * 2)
+
+
+def node_memory_mb(total_mb: int, nodes: int) -> int:
+    """RealMemory per node: half the host's memory shared by max(nodes, 3), at most 4 GiB, 256 MiB steps.
+
+    The nodes oversubscribe one machine; sizing for at least three nodes keeps the advertised
+    memory backed by real memory for the usual 3-node sandbox.
+    """
+    share = (total_mb // 2) // max(nodes, 3)
+    return max(512, min(4096, share // 256 * 256))
