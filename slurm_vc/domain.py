@@ -406,7 +406,7 @@ class Rng:
 
 @dataclass(frozen=True)
 class Devices:
-    """``<devices>``: disks, NICs, serial console, channels; balloon off; no graphics."""
+    """``<devices>``: disks, NICs, serial console, channels, RNG; no balloon, no USB, no graphics."""
 
     emulator: Optional[str] = None
     disks: tuple[Disk, ...] = ()
@@ -415,11 +415,14 @@ class Devices:
     channels: tuple[Channel, ...] = ()
     rng: Optional[Rng] = None
     memballoon: str = "none"
+    usb: bool = False  # False: <controller type='usb' model='none'/>, no USB bus nobody uses
 
     def to_xml(self) -> etree._Element:
         devices = etree.Element("devices")
         if self.emulator:
             _sub(devices, "emulator", self.emulator)
+        if not self.usb:
+            _sub(devices, "controller", type="usb", model="none")
         for item in (*self.disks, *self.interfaces, *self.serials):
             devices.append(item.to_xml())
         for serial in self.serials[:1]:

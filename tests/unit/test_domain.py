@@ -288,6 +288,7 @@ def test_devices_of_a_disk_image_guest():
     assert root.find("devices/serial/log").get("file").endswith("console.log")
     assert root.find("devices/memballoon").get("model") == "none"
     assert root.find("devices/graphics") is None and root.find("devices/video") is None
+    assert attrs(root, "devices/controller") == [{"type": "usb", "model": "none"}]
     assert root.find("os/boot").get("dev") == "hd"
     assert root.find("clock/timer").attrib == {"name": "kvmclock", "present": "yes"}
     assert [root.findtext(tag) for tag in ("on_poweroff", "on_reboot", "on_crash")] == ["destroy"] * 3
