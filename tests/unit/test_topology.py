@@ -255,3 +255,13 @@ def test_dict_and_description():
 )
 def test_human_size(size, text):
     assert human_size(size) == text
+
+
+def test_live_host_without_numa_falls_back_to_psutil():
+    import psutil
+
+    from slurm_vc.topology import _fallback_memory
+
+    total, free = _fallback_memory("/", "/sys")
+    assert total == psutil.virtual_memory().total
+    assert 0 < free <= total
