@@ -22,6 +22,7 @@ import ipaddress
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -197,11 +198,15 @@ class Sandbox:
         for warning in warnings:
             self._say("warning: " + warning)
         state.set("warnings", warnings)
+        self._build_guest()
         self._write_configs(names, guest_mtu, hooks)
 
         self._start_munged(state)
+        _crash_point("munged")
         self._setup_network(state, names, bridge_mtu)
+        _crash_point("network")
         self._start_slurmctld(state)
+        _crash_point("slurmctld")
 
         libvirt_errors: list[str] = []
         threads = []
@@ -213,6 +218,7 @@ class Sandbox:
             thread.join()
         if libvirt_errors:
             raise HostError("; ".join(libvirt_errors))
+        _crash_point("slurmd")
         self._wait_nodes_idle(names, timeout)
 
     def _check_collisions(self) -> None:
@@ -270,6 +276,17 @@ class Sandbox:
             plugstack=plugstack,
         )
         return hooks, warnings
+
+    def _build_guest(self) -> None:
+        """Build the tiny test guest into guest/out (skipped in ~0.1 s when its inputs did not change)."""
+        script = REPO / "guest" / "build-tiny-guest.sh"
+        if not script.exists():
+            return
+        result = subprocess.run(
+            ["sh", str(script), str(GUEST_OUT)], capture_output=True, text=True, env={"PATH": SYSTEM_PATH}
+        )
+        if result.returncode != 0:
+            self._say(f"warning: {script} failed: {(result.stderr or result.stdout).strip()[-300:]}")
 
     def _write_configs(self, names: list[str], guest_mtu: int, hooks: Hooks) -> None:
         layout = self.layout
@@ -536,6 +553,21 @@ class Sandbox:
             **kwargs,
         )
 
+    def other_sandboxes_up(self) -> list[str]:
+        """Names of other sandboxes under the same root whose daemons are alive."""
+        root = Path(self.layout.root)
+        names = []
+        if root.is_dir():
+            for entry in sorted(root.iterdir()):
+                if entry.name == self.layout.name or not (entry / "state.json").exists():
+                    continue
+                try:
+                    if Sandbox(entry.name, str(root), quiet=True).is_up():
+                        names.append(entry.name)
+                except UsageError:
+                    continue
+        return names
+
     # -- down -----------------------------------------------------------------------------------
     def down(self, keep_logs: bool = True) -> None:
         """Remove everything the sandbox made; idempotent, and works from a partial or lost state."""
@@ -580,8 +612,10 @@ class Sandbox:
         for link in sorted(set(data.get("links", [])) | set(net.host_links(layout.link_prefix))):
             net.delete_link(link)
 
-        # 6. Hugepage pools grown while the sandbox ran (the lifecycle's epilog normally releases them).
-        _restore_hugepages(data.get("hugepages", {}))
+        # 6. Hugepage pools grown while the sandbox ran (the lifecycle's epilog normally releases them
+        #    per its ledgers; this is the safety net).  Another running sandbox may own the growth.
+        if not self.other_sandboxes_up():
+            _restore_hugepages(data.get("hugepages", {}))
 
         # 7. Files: everything but the logs (kept for a post-mortem unless asked).
         if layout.base.exists():
@@ -600,6 +634,15 @@ def _quietly(function) -> None:
         function()
     except Exception as exc:  # down must go on; the next down retries
         _log(f"warning: {exc}")
+
+
+CRASH_ENV = "SLURM_VC_SANDBOX_CRASH_AFTER"
+
+
+def _crash_point(step: str) -> None:
+    """Simulate an interrupted ``up`` (SIGKILL, no cleanup) after ``step``: for tests, via CRASH_ENV."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _require_root() -> None:
