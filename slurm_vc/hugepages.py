@@ -14,6 +14,9 @@ Files::
     <state_dir>/hugepages/.lock                     exclusive flock, bounded wait -> StateError
     <state_dir>/hugepages/<job_id>.json             one ledger per job (tmp + fsync + rename)
 
+The lock serialises only managers sharing that directory: everything that changes one kernel's
+pools (e.g. several simulated nodes on one machine) must use the same ``ledger_dir``.
+
 Counting in persistent pages
 ----------------------------
 sysfs ``nr_hugepages`` counts persistent *and* surplus pages, but a write to it sets the persistent
@@ -56,9 +59,9 @@ cannot be parsed and predates the current boot (a torn write at a power cut) is 
 one from the current boot is a StateError for the admin.
 
 Not covered: a *different* process writing sysfs directly between our read and our write; on hosts
-with several NUMA nodes, the kernel's per-node write counts other nodes' surplus pages too, so a
-shrink can leave a few pages while another node has surplus (read back and logged, never wrong
-in the direction of taking a job's pages).
+with several NUMA nodes, the kernel's per-node write counts other nodes' surplus pages too, so
+while another node has surplus pages a grow may add a few more than asked (observed, so given back
+at release) and a shrink may leave a few behind; it never takes pages a job holds.
 """
 
 from __future__ import annotations
@@ -96,8 +99,11 @@ class SysfsIO:
 
     def read_int(self, path: str) -> int:
         """Read one integer file (sysfs prints a number and a newline)."""
-        with open(path, "rb") as handle:
-            return int(handle.read().strip() or b"0")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return int(os.read(fd, 64).strip() or b"0")
+        finally:
+            os.close(fd)
 
     def write_int(self, path: str, value: int) -> None:
         """Write one integer with a single write(2), as the kernel expects for sysfs attributes."""
@@ -155,8 +161,7 @@ class Ledger:
                 "boot_id": self.boot_id,
                 "nodes": {str(node): vars(entry) for node, entry in sorted(self.nodes.items())},
             },
-            indent=1,
-            sort_keys=True,
+            sort_keys=True,  # no indent: keeps json's C encoder (ledgers are written on the hot path)
         )
 
     @classmethod
@@ -224,9 +229,12 @@ class HugepagePool:
         proc_root: str = "/proc",
         io: Optional[SysfsIO] = None,
         fsync: bool = True,
+        ledger_dir: Optional[str] = None,
     ):
         self.state_dir = state_dir
-        self.ledger_dir = os.path.join(state_dir, "hugepages")
+        # Every manager of one kernel's pools must share one ledger directory (and so one lock):
+        # simulated nodes on one machine with separate state dirs would otherwise race.
+        self.ledger_dir = ledger_dir or os.path.join(state_dir, "hugepages")
         self.sysfs_root = sysfs_root
         self.proc_root = proc_root
         self.lock_timeout = lock_timeout
@@ -256,6 +264,15 @@ class HugepagePool:
                 free=self.io.read_int(os.path.join(directory, "free_hugepages")),
                 surplus=self.io.read_int(os.path.join(directory, "surplus_hugepages")),
             )
+        except (OSError, ValueError) as exc:
+            raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
+
+    def _persistent(self, node: int, page_size: int) -> int:
+        """nr_hugepages - surplus_hugepages of a pool already known to exist (the hot path)."""
+        directory = pool_dir(self.sysfs_root, node, page_size)
+        try:
+            nr = self.io.read_int(os.path.join(directory, "nr_hugepages"))
+            return nr - self.io.read_int(os.path.join(directory, "surplus_hugepages"))
         except (OSError, ValueError) as exc:
             raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
 
@@ -325,7 +342,7 @@ class HugepagePool:
                     for other in others
                     if other.page_size == ledger.page_size and node in other.nodes
                 )
-                now = self.counts(node, ledger.page_size).persistent
+                now = self._persistent(node, ledger.page_size)
                 entry.release_from = now
                 entry.release_target = release_target(now, entry.added or 0, held)
                 if entry.release_target > now - (entry.added or 0):
@@ -354,15 +371,15 @@ class HugepagePool:
 
     def _grow_node(self, node: int, page_size: int, entry: NodeEntry) -> int:
         """Write the target, compact and retry if short; return the persistent pages added."""
-        nr_path = os.path.join(self._checked_pool_dir(node, page_size), "nr_hugepages")
+        nr_path = os.path.join(pool_dir(self.sysfs_root, node, page_size), "nr_hugepages")
         attempt = 0
         while True:
             self._write(nr_path, entry.target)
-            now = self.counts(node, page_size)
-            if now.persistent >= entry.target:
-                return now.persistent - entry.before
+            now = self._persistent(node, page_size)
+            if now >= entry.target:
+                return now - entry.before
             if attempt >= self.compact_retries:
-                got = max(0, now.persistent - entry.before - entry.surplus_before)
+                got = max(0, now - entry.before - entry.surplus_before)
                 raise HugepageError(
                     f"NUMA node {node}: wanted {entry.asked} more {page_size_label(page_size)} hugepages,"
                     f" the kernel gave {got} after {attempt} compaction retries (memory too fragmented"
@@ -372,7 +389,7 @@ class HugepagePool:
             log.info(
                 "hugepages: node %d short by %d pages, compacting (retry %d/%d)",
                 node,
-                entry.target - now.persistent,
+                entry.target - now,
                 attempt,
                 self.compact_retries,
             )
@@ -389,7 +406,7 @@ class HugepagePool:
     def _undo_growth(self, ledger: Ledger) -> None:
         """Undo a grow that failed or was interrupted (see the module docstring), delete the ledger."""
         for node, entry in ledger.nodes.items():
-            now = self.counts(node, ledger.page_size).persistent
+            now = self._persistent(node, ledger.page_size)
             remove = growth_to_undo(now, entry)
             if remove:
                 self._write(
@@ -403,14 +420,11 @@ class HugepagePool:
         for node, entry in ledger.nodes.items():
             if entry.release_target is None or entry.release_from is None:
                 raise StateError(f"ledger of job {ledger.job_id} is 'releasing' without targets")
-            now = self.counts(node, ledger.page_size).persistent
+            now = self._persistent(node, ledger.page_size)
             remove = min(now - entry.release_target, entry.release_from - entry.release_target)
             if remove > 0:
                 path = os.path.join(pool_dir(self.sysfs_root, node, ledger.page_size), "nr_hugepages")
                 self._write(path, now - remove)
-                after = self.counts(node, ledger.page_size).persistent
-                if after != now - remove:
-                    log.warning("hugepages: node %d: wrote %d, kernel shows %d", node, now - remove, after)
         self._delete_ledger(ledger.job_id)
 
     def _write(self, path: str, value: int) -> None:
@@ -438,8 +452,11 @@ class HugepagePool:
         """Hold the exclusive lock, then settle ledgers whose writer died (see the docstring)."""
         lock_path = os.path.join(self.ledger_dir, ".lock")
         try:
-            os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open hugepage ledger lock {lock_path}: {exc.strerror}") from None
         try:

@@ -558,3 +558,16 @@ def test_two_processes_reserving_and_releasing_keep_the_pool_consistent(tmp_path
     assert nr_path.read_text().strip() == "11"
     assert Path(pool_dir(sysfs, 1, M2), "nr_hugepages").read_text().strip() == "0"
     assert HugepagePool(state_dir, sysfs, proc_root=proc).list_ledgers() == []
+
+
+def test_managers_of_one_kernel_can_share_a_ledger_dir(tmp_path, tree, kernel):
+    shared = str(tmp_path / "shared-ledgers")
+    node_a = make_pool(tmp_path / "a", tree, kernel, ledger_dir=shared)
+    node_b = make_pool(tmp_path / "b", tree, kernel, ledger_dir=shared)
+    node_a.reserve("1", M2, {0: 10})
+    node_b.reserve("2", M2, {0: 5})
+    assert sorted(ledger.job_id for ledger in node_b.list_ledgers()) == ["1", "2"]
+    assert os.listdir(shared) and not (tmp_path / "a" / "state").exists()
+    node_b.release("1")
+    node_a.release("2")
+    assert nr(kernel, 0) == 0 and node_a.list_ledgers() == []
