@@ -513,8 +513,34 @@ OVERLAY_TARGET = "vda"
 SEED_TARGET = "vdb"  # virtio, raw, read-only: every cloud-init image finds the 'cidata' label there
 
 
+def check_plan(plan: Plan) -> None:
+    """Raise ValueError when a plan is inconsistent in a way libvirt would reject later, less clearly."""
+    if plan.sockets * plan.cores_per_socket * plan.threads_per_core != plan.vcpus:
+        raise ValueError(
+            f"plan topology {plan.sockets}x{plan.cores_per_socket}x{plan.threads_per_core} "
+            f"does not make {plan.vcpus} vCPUs"
+        )
+    if sorted(plan.vcpu_pins) != list(range(plan.vcpus)):
+        raise ValueError(f"plan pins vCPUs {sorted(plan.vcpu_pins)}, expected 0..{plan.vcpus - 1}")
+    if plan.cells:
+        in_cells = sorted(vcpu for cell in plan.cells for vcpu in cell.vcpus)
+        if in_cells != list(range(plan.vcpus)):
+            raise ValueError(f"plan cells hold vCPUs {in_cells}, expected each of 0..{plan.vcpus - 1} once")
+        if sum(cell.memory for cell in plan.cells) != plan.memory:
+            raise ValueError("plan memory is not the sum of its cells' memory")
+    unit = plan.page_size or KIB
+    for memory in [plan.memory, *(cell.memory for cell in plan.cells)]:
+        if memory <= 0 or memory % unit:
+            raise ValueError(f"plan memory {memory} is not a positive multiple of {unit} bytes")
+
+
 def build_domain(plan: Plan, config: SiteConfig, image: ImageSpec, guest: GuestDevices) -> Domain:
-    """Map a placement plan, the site settings, the image and the guest's device paths onto a Domain."""
+    """Map a placement plan, the site settings, the image and the guest's device paths onto a Domain.
+
+    Raises ValueError for an inconsistent plan or a guest without the overlay its image needs
+    (caller bugs, not user errors).
+    """
+    check_plan(plan)
     host = config.host
     if image.disk and not guest.overlay_path:
         raise ValueError("the image has a disk, so the guest needs an overlay path")
@@ -671,6 +697,7 @@ __all__ = [
     "Timer",
     "Vcpu",
     "build_domain",
+    "check_plan",
     "canonical_xml",
     "schema_errors",
     "domain_to_string",

@@ -340,6 +340,25 @@ def test_disk_image_without_overlay_is_a_caller_bug():
         build_domain(small_plan(), config, config.images["centos7-hpc"], make_guest(overlay_path=None))
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sockets": 3}, "does not make"),
+        ({"vcpu_pins": {0: 2}}, "pins vCPUs"),
+        ({"cells": (GuestCell(0, 1, (0,), 512 * MIB),)}, "cells hold"),
+        ({"memory": 256 * MIB}, "sum of its cells"),
+        ({"page_size": GIB}, "multiple of"),
+    ],
+)
+def test_inconsistent_plans_are_refused_before_libvirt_sees_them(change, message):
+    import dataclasses
+
+    plan = dataclasses.replace(small_plan(), **change)
+    config = make_config()
+    with pytest.raises(ValueError, match=message):
+        build_domain(plan, config, config.images["centos7-hpc"], make_guest())
+
+
 def test_uuid_and_name():
     guest = make_guest(uuid="3c0b2c39-5d0b-4a43-9b62-2e3b0e7a61aa")
     root = render_domain(small_plan(), make_config(), make_config().images["centos7-hpc"], guest)
