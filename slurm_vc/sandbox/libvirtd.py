@@ -133,8 +133,9 @@ class PrivateLibvirtd:
         (self.dir / "etc" / "virtlogd.conf").write_text(
             VIRTLOGD_CONF.format(log=self.dir / "logs" / "virtlogd.log")
         )
-        # QEMU runs as libvirt-qemu on Debian and must traverse to its channel/log sockets.
+        # QEMU runs as libvirt-qemu on Debian and must reach the hugetlbfs mounts below self.dir.
         os.chmod(self.dir, 0o755)
+        _check_traversable(self.dir)
 
         command = [sys.executable, "-m", "slurm_vc.sandbox.libvirtd", "supervise", str(self.dir)]
         command = ["unshare", "--mount", "--propagation", "private", "--", *command]
@@ -268,6 +269,17 @@ def _kill_pidfile(pidfile: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _check_traversable(path: Path) -> None:
+    """Raise HostError unless every directory above ``path`` lets other users (QEMU) pass."""
+    for parent in [path, *path.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            raise HostError(
+                f"{parent} is not searchable by other users (mode {oct(os.stat(parent).st_mode & 0o777)}):"
+                f" QEMU, running as an unprivileged user, could not reach the hugepage mounts under {path};"
+                f" use another base directory or 'chmod o+x {parent}'"
+            )
 
 
 def _tail(path: Path, lines: int = 20) -> str:

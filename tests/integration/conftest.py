@@ -40,6 +40,7 @@ def private_libvirtd():
 
     # Short base path: the socket path must fit in sun_path (108 bytes).
     base = tempfile.mkdtemp(prefix=LIBVIRT_BASE_PREFIX)
+    os.chmod(base, 0o755)  # QEMU (libvirt-qemu) must reach the hugetlbfs mounts below it
     daemon = PrivateLibvirtd("lv", base)
     daemon.start()
     try:
@@ -53,3 +54,142 @@ def private_libvirtd():
 def libvirt_uri(private_libvirtd) -> str:
     """The URI of the session's private libvirtd (qemu+unix:///system?socket=...)."""
     return private_libvirtd.uri
+
+
+# ---------------------------------------------------------------------------------------------
+# A simulated node for lifecycle tests: a network namespace with a bridge, the private libvirtd
+# running inside it, the tiny test guest and a site config pointing at all of that.
+
+NODE_BRIDGE = "h5br0"  # inside the test namespace only
+NODE_SUBNET = "10.231.0.0/16"  # private, specific to these tests, never on a host interface
+
+
+def _run(*argv: str) -> None:
+    import subprocess
+
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def node_netns():
+    """A network namespace with an up bridge ``h5br0`` (removed at the end of the session)."""
+    reason = _libvirt_possible()
+    if reason:
+        pytest.skip(reason)
+    if not shutil.which("ip"):
+        pytest.skip("iproute2 is not installed")
+    name = f"h5it{os.getpid()}"
+    _run("ip", "netns", "add", name)
+    try:
+        _run("ip", "-n", name, "link", "set", "lo", "up")
+        _run("ip", "-n", name, "link", "add", NODE_BRIDGE, "type", "bridge")
+        _run("ip", "-n", name, "link", "set", NODE_BRIDGE, "up")
+        yield name
+    finally:
+        _run("ip", "netns", "del", name)
+
+
+@pytest.fixture(scope="session")
+def node_libvirtd(node_netns):
+    """A private libvirtd inside the test node's network namespace."""
+    from slurm_vc.sandbox.libvirtd import PrivateLibvirtd
+
+    base = tempfile.mkdtemp(prefix=LIBVIRT_BASE_PREFIX)
+    os.chmod(base, 0o755)  # QEMU (libvirt-qemu) must reach the hugetlbfs mounts below it
+    daemon = PrivateLibvirtd("node", base, netns=node_netns)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def qemu_visible_dir():
+    """A session directory QEMU (which libvirt runs as libvirt-qemu) can traverse.
+
+    pytest's own tmp directories are mode 0700, so guest files under them are unreadable to QEMU.
+    """
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="vcit", dir="/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def qemu_tmp_path(qemu_visible_dir, request):
+    """Like tmp_path, but QEMU can reach files in it."""
+    import re
+
+    # Short: the guest's UNIX sockets live below it and sun_path holds only 108 bytes.
+    path = qemu_visible_dir / re.sub(r"[^A-Za-z0-9]", "", request.node.name)[-12:]
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_guest(qemu_visible_dir) -> dict:
+    """kernel + initrd of the tiny test guest (guest/build-tiny-guest.sh)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "guest" / "build-tiny-guest.sh"
+    if not script.exists():
+        pytest.fail(f"{script} is missing")
+    out = qemu_visible_dir / "tiny-guest"
+    result = subprocess.run(["sh", str(script), str(out)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building the tiny guest failed:\n{result.stderr[-2000:]}")
+    return {"kernel": str(out / "vmlinuz"), "initrd": str(out / "initrd.img")}
+
+
+@pytest.fixture(scope="session")
+def base_disk(qemu_visible_dir) -> str:
+    """A small qcow2 'catalog image' (a data disk for the kernel-booted tiny guest), read-only."""
+    import subprocess
+
+    (qemu_visible_dir / "catalog").mkdir(mode=0o755)
+    path = qemu_visible_dir / "catalog" / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    os.chmod(path, 0o444)
+    return str(path)
+
+
+@pytest.fixture
+def node_config(node_libvirtd, tiny_guest, base_disk, qemu_tmp_path):
+    """A site config for one simulated node: TCG guests, 2M pages, the test bridge and subnet."""
+    from slurm_vc.config import config_from_mapping
+
+    tmp_path = qemu_tmp_path
+    secret = tmp_path / "job-key-secret"
+    secret.write_bytes(os.urandom(32))
+    guest = {"kernel": tiny_guest["kernel"], "initrd": tiny_guest["initrd"], "cmdline": "console=ttyS0"}
+    return config_from_mapping(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "job_key_secret": str(secret),
+            "host": {
+                "libvirt_uri": node_libvirtd.uri,
+                "domain_type": "qemu",
+                "cpu_mode": "custom",
+                "cpu_model": "qemu64",
+                "hugepage_size": "2M",
+                "reserved_memory": 0,
+                "reserved_cores": 1,
+            },
+            "network": {"bridge": NODE_BRIDGE, "subnet": NODE_SUBNET, "isolation": "nftables"},
+            "timeouts": {"ready": 90, "lock": 10},
+            "images": {
+                "tiny": {**guest, "seed": "both"},
+                "tinydisk": {**guest, "seed": "cmdline", "disk": base_disk},
+            },
+        },
+        source="<integration test config>",
+    )

@@ -1,0 +1,126 @@
+"""The guest lifecycle on a real (private) libvirtd with real QEMU (TCG) and real hugepage pools.
+
+One simulated node: a network namespace with a bridge, a private libvirtd inside it, the tiny guest.
+Each test checks the outcome from outside the lifecycle: libvirt, /proc, sysfs, the file system.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slurm_vc import state
+from slurm_vc.hypervisor import Hypervisor
+from slurm_vc.lifecycle import Environment, NodeJob, start_guest, teardown
+from slurm_vc.network import tap_name
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+
+
+def hugepages_2m() -> dict[str, int]:
+    base = "/sys/devices/system/node/node0/hugepages/hugepages-2048kB"
+    return {name: int(Path(base, name).read_text()) for name in ("nr_hugepages", "free_hugepages")}
+
+
+def make_job(job_id: int, request: str = "tiny,vcpus=1,mem=128M") -> NodeJob:
+    return NodeJob(
+        job_id=job_id,
+        node="n0",
+        nodes=("n0", "n1"),
+        cpus=(0, 1),
+        memory=512 * MIB,
+        vcluster=request,
+    )
+
+
+def expected_plan(job: NodeJob, config):
+    from slurm_vc.plan import place
+    from slurm_vc.request import parse_request
+    from slurm_vc.topology import read_topology
+
+    return place(parse_request(job.vcluster, config), config, read_topology("/"), job.cpus, job.memory)
+
+
+def link_exists(netns: str, name: str) -> bool:
+    from slurm_vc.netdev import link_info
+
+    return link_info(name, netns=netns) is not None
+
+
+def qemu_processes(name: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(arg.startswith(f"guest={name},") for arg in proc.info.get("cmdline") or []):
+            pids.append(proc.pid)
+    return pids
+
+
+def assert_nothing_left(config, env: Environment, job: NodeJob, pool_before: dict) -> None:
+    name = f"vc-{job.job_id}-{job.node}"
+    with Hypervisor(config.host.libvirt_uri) as hv:
+        assert name not in hv.list_domains()
+    assert qemu_processes(name) == []
+    assert not state.job_dir(config.state_dir, job.job_id).exists()  # overlay, seed, logs inside
+    assert not link_exists(env.netns, tap_name(job.job_id, 0))
+    assert not (Path(config.state_dir) / "hugepages" / f"{job.job_id}.json").exists()
+    assert hugepages_2m()["nr_hugepages"] == pool_before["nr_hugepages"]
+    from slurm_vc.netdev import isolated_jobs
+
+    assert job.job_id not in isolated_jobs(netns=env.netns)
+
+
+@pytest.fixture
+def env(node_netns) -> Environment:
+    return Environment(netns=node_netns)
+
+
+def test_start_ready_pinned_hugepages_then_clean_teardown(node_config, env):
+    job = make_job(101)
+    before = hugepages_2m()
+    info = start_guest(job, node_config, env)
+    try:
+        assert info.name == "vc-101-n0"
+        plan = expected_plan(job, node_config)
+        # Allocation CPUs 0-1 with one core kept for the emulator: vCPU and emulator on different CPUs.
+        assert len(plan.vcpu_pins) == 1 and set(plan.vcpu_pins.values()).isdisjoint(plan.emulator_cpus)
+        with Hypervisor(node_config.host.libvirt_uri) as hv:
+            assert hv.is_running(info.name)
+            assert hv.vcpu_pins(info.name) == {vcpu: (cpu,) for vcpu, cpu in plan.vcpu_pins.items()}
+            assert hv.emulator_pins(info.name) == tuple(plan.emulator_cpus)
+            pid = hv.qemu_pid(info.name)
+        # The vCPU thread itself is pinned (not only libvirt's record of it).
+        vcpu_threads = [
+            task
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            if (task / "comm").read_text().startswith("CPU 0/")
+        ]
+        assert vcpu_threads, "no vCPU thread found in QEMU"
+        allowed = [
+            line.split(":")[1].strip()
+            for line in (vcpu_threads[0] / "status").read_text().splitlines()
+            if line.startswith("Cpus_allowed_list")
+        ]
+        assert allowed == [str(plan.vcpu_pins[0])]
+        # Guest RAM is backed by 2M pages on node 0: the pool grew by 64 pages and they are in use.
+        after = hugepages_2m()
+        assert after["nr_hugepages"] == before["nr_hugepages"] + 64
+        assert after["free_hugepages"] == before["free_hugepages"]  # the 64 new pages are all in use
+        numa_maps = Path(f"/proc/{pid}/numa_maps").read_text()
+        huge = [line for line in numa_maps.splitlines() if "kernelpagesize_kB=2048" in line]
+        assert huge, "no 2M-page mapping in QEMU's numa_maps"
+        assert all("bind:0" in line and " N0=" in line for line in huge), huge
+        # Everything the guest needs lives in the job directory; the tap exists in the node netns.
+        job_dir = Path(info.job_dir)
+        assert (job_dir / "seed.iso").is_file()
+        assert "SLURM-VC-READY" in (job_dir / "ready.log").read_text()
+        assert link_exists(env.netns, tap_name(job.job_id, 0))
+    finally:
+        assert teardown(job.job_id, node_config, env) is True
+    assert_nothing_left(node_config, env, job, before)
+    # Teardown twice: nothing to do, no error.
+    assert teardown(job.job_id, node_config, env) is False
