@@ -1,0 +1,172 @@
+"""Shared e2e fixture: one 3-node sandbox cluster for the whole e2e session, down at the end.
+
+Use it in any e2e test::
+
+    @pytest.mark.e2e
+    def test_something(sandbox):
+        job = sandbox.sbatch("-N3", "--wrap", "hostname")   # as the job user (vcuser)
+        assert sandbox.wait_job(job) == "COMPLETED"
+        print(sandbox.job_output(job))
+        result = sandbox.exec(["srun", "-N3", "hostname"])    # CompletedProcess, text, captured
+        sandbox.exec("scontrol show nodes", user="root")      # a string runs through /bin/sh -c
+
+The sandbox is named ``vce2e`` (its own subnet, ports and job ids: it does not disturb a ``vcsbx``
+sandbox someone is using for a demo).  Set ``SLURM_VC_E2E_KEEP=1`` to leave it up after the session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import pytest
+
+E2E_NAME = "vce2e"
+E2E_NODES = 3
+TERMINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+
+
+def sandbox_unavailable() -> Optional[str]:
+    """Why a sandbox cannot run here (None when it can)."""
+    if os.geteuid() != 0:
+        return "the sandbox cluster needs root"
+    for path in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/etc/munge/munge.key"):
+        if not os.path.exists(path):
+            return f"{path} missing (run scripts/install-deps.sh)"
+    for tool in ("ip", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} missing"
+    return None
+
+
+@dataclass
+class SandboxHandle:
+    """What e2e tests get: run commands against the sandbox, submit and wait for jobs."""
+
+    name: str
+    base: Path
+    nodes: list[str]
+    user: str
+    slurm_conf: Path
+    sandbox: object = field(repr=False)  # slurm_vc.sandbox.cluster.Sandbox
+
+    def exec(
+        self,
+        cmd: Union[str, Sequence[str]],
+        user: Optional[str] = None,
+        timeout: float = 300,
+        cwd: Optional[str] = None,
+    ) -> subprocess.CompletedProcess:
+        """Run ``cmd`` (argv list, or a string for /bin/sh -c) as ``user`` (default: the job user)."""
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        return self.sandbox.exec_argv(argv, user=user, cwd=cwd, capture=True, timeout=timeout)
+
+    def node_config(self, node: str) -> Path:
+        """The node's site config (vcluster-<node>.toml): libvirt_uri, state_dir, bridge, images."""
+        return self.sandbox.layout.node_config(node)
+
+    def libvirt_uri(self, node: str) -> str:
+        return self.sandbox.layout.libvirt_uri(node)
+
+    def netns(self, node: str) -> str:
+        """The node's network namespace name (use ``nsenter --net=/run/netns/NAME``)."""
+        return self.sandbox.layout.netns(node)
+
+    @property
+    def login_config(self) -> Path:
+        return self.sandbox.layout.login_config
+
+    @property
+    def workdir(self) -> Path:
+        """A directory the job user can write (job output lands here by default)."""
+        return Path(os.path.expanduser(f"~{self.user}"))
+
+    def sbatch(self, *args: str, user: Optional[str] = None) -> int:
+        """Submit with ``sbatch --parsable ARGS`` from the job user's home; returns the job id."""
+        result = self.exec(["sbatch", "--parsable", *args], user=user)
+        if result.returncode != 0:
+            raise AssertionError(f"sbatch {shlex.join(args)} failed ({result.returncode}): {result.stderr}")
+        return int(result.stdout.strip().split(";")[0])
+
+    def job_info(self, job_id: int) -> dict[str, str]:
+        """``scontrol show job -o`` as a dict ({} once the job is gone)."""
+        result = self.exec(["scontrol", "show", "job", "-o", str(job_id)], user="root")
+        if result.returncode != 0:
+            return {}
+        return dict(re.findall(r"(\w+)=(\S*)", result.stdout))
+
+    def wait_job(self, job_id: int, timeout: float = 300) -> str:
+        """Wait until the job reaches a terminal state; returns it (e.g. COMPLETED).  Fails on timeout."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.job_info(job_id).get("JobState", "")
+            if state in TERMINAL_STATES:
+                return state
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {state or 'unknown'} after {timeout} s")
+
+    def job_output(self, job_id: int) -> str:
+        """The job's StdOut file content."""
+        path = self.job_info(job_id).get("StdOut", "")
+        return Path(path).read_text() if path else ""
+
+    def node_states(self) -> dict[str, str]:
+        return self.sandbox.node_states()
+
+    def resume_nodes(self) -> None:
+        """Return drained/down nodes to service (after a test that drains one on purpose)."""
+        for node, state in self.node_states().items():
+            if state.startswith(("drain", "down")) or "drain" in state:
+                self.exec(["scontrol", "update", f"nodename={node}", "state=resume"], user="root")
+
+
+@pytest.fixture
+def require_sandbox() -> None:
+    """Skip the test when a sandbox cannot run on this machine (not root, Slurm/munge missing)."""
+    reason = sandbox_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """A 3-node sandbox cluster (Slurm + per-node libvirtd), up once for the e2e session."""
+    reason = sandbox_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from slurm_vc.sandbox.cluster import Sandbox
+
+    cluster = Sandbox(E2E_NAME, quiet=True)
+    cluster.up(nodes=E2E_NODES)
+    handle = SandboxHandle(
+        name=E2E_NAME,
+        base=cluster.layout.base,
+        nodes=cluster.nodes,
+        user=cluster.user,
+        slurm_conf=cluster.layout.slurm_conf,
+        sandbox=cluster,
+    )
+    try:
+        yield handle
+    finally:
+        if not os.environ.get("SLURM_VC_E2E_KEEP"):
+            cluster.down()

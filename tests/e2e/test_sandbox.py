@@ -1,0 +1,209 @@
+"""The sandbox cluster itself, through the ``slurm-vc sandbox`` CLI: up, jobs, status, exec, down, re-up.
+
+These tests bring up their own sandbox (``vcsbt``) next to the session one (``vce2e``), which also
+shows two sandboxes coexist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_vc.sandbox import net, procs
+from slurm_vc.sandbox.cluster import CRASH_ENV, DAEMON_COMMS, Sandbox
+from slurm_vc.sandbox.layout import layout_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("require_sandbox")]
+
+NAME = "vcsbt"
+SLURM_VC = str(Path(sys.executable).parent / "slurm-vc")
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SLURM_VC, "sandbox", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def sb_exec(*argv: str, user: str | None = None) -> subprocess.CompletedProcess:
+    extra = ["--user", user] if user else []
+    return cli("exec", "--name", NAME, *extra, "--", *argv)
+
+
+def leftovers(name: str) -> dict[str, list]:
+    """Everything of sandbox ``name`` still present on the machine."""
+    layout = layout_for(name)
+    base = str(layout.base) + "/"
+    deadline = time.monotonic() + 10  # killed daemons may linger a moment as they exit
+    while True:
+        found = {
+            "processes": [
+                ref.pid for ref in procs.pids_with_arg(base, (*DAEMON_COMMS, "qemu-system-x86_64"))
+            ],
+            "netns": net.netns_list(layout.netns_prefix),
+            "links": net.host_links(layout.link_prefix),
+            "mounts": [line for line in Path("/proc/mounts").read_text().splitlines() if base in line],
+            "files": sorted(p.name for p in layout.base.iterdir() if p.name != "log")
+            if layout.base.exists()
+            else [],
+        }
+        if not any(found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def wait_job(job_id: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = sb_exec("scontrol", "show", "job", "-o", job_id, user="root")
+        fields = dict(part.split("=", 1) for part in result.stdout.split() if "=" in part)
+        state = fields.get("JobState", "")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+@pytest.fixture
+def own_sandbox():
+    """Make sure ``vcsbt`` is down before and after the test, whatever happens."""
+    Sandbox(NAME, quiet=True).down()
+    yield NAME
+    Sandbox(NAME, quiet=True).down()
+
+
+def test_up_jobs_status_exec_down(own_sandbox: str) -> None:
+    up = cli("up", "--name", NAME, "--nodes", "3")
+    assert up.returncode == 0, up.stderr
+    assert f"SLURM_CONF={layout_for(NAME).slurm_conf}" in up.stdout
+
+    sinfo = sb_exec("sinfo", "-h", "-N", "-o", "%N %T")
+    assert sinfo.returncode == 0, sinfo.stderr
+    assert sorted(sinfo.stdout.split("\n")[:-1]) == ["node1 idle", "node2 idle", "node3 idle"]
+
+    # A batch job on three nodes, as the unprivileged user; srun inside it prints every node's name.
+    submit = sb_exec(
+        "sbatch", "--parsable", "-N3", "-o", "/tmp/vcsbt-%j.out", "--wrap", "id -un; srun hostname"
+    )
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip()
+    try:
+        assert wait_job(job_id) == "COMPLETED"
+        output = Path(f"/tmp/vcsbt-{job_id}.out")
+        lines = output.read_text().split()
+        assert lines[0] == "vcuser"
+        assert sorted(lines[1:]) == ["node1", "node2", "node3"]
+        assert output.stat().st_uid == int(sb_exec("id", "-u").stdout)
+    finally:
+        Path(f"/tmp/vcsbt-{job_id}.out").unlink(missing_ok=True)
+
+    # srun from the login side: labels, and the task's exit code reaches the caller.
+    run = sb_exec("srun", "-N3", "-l", "hostname")
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.split("\n")[:-1]) == ["0: node1", "1: node2", "2: node3"]
+    assert sb_exec("srun", "-N1", "sh", "-c", "exit 3").returncode == 3
+    assert sb_exec("sh", "-c", "exit 7").returncode == 7
+
+    # exec runs as the job user by default, as root on request, with the sandbox's commands on PATH.
+    assert sb_exec("id", "-un").stdout.strip() == "vcuser"
+    assert sb_exec("id", "-un", user="root").stdout.strip() == "root"
+    assert sb_exec("sh", "-c", "command -v slurm-vc").stdout.strip() == SLURM_VC
+    assert sb_exec("squeue", "-h").returncode == 0
+
+    status = cli("status", "--name", NAME, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    info = json.loads(status.stdout)
+    assert info["up"] is True
+    assert info["nodes"] == {"node1": "idle", "node2": "idle", "node3": "idle"}
+    roles = set(info["daemons"])
+    assert {"munged", "slurmctld", "slurmd-node1", "slurmd-node3", "libvirtd-node2"} <= roles
+    assert all(daemon["alive"] for daemon in info["daemons"].values())
+    layout = layout_for(NAME)
+    assert info["links"][layout.fabric_bridge]["mtu"] == 9000
+    assert info["links"][f"node2:{layout.guest_bridge}"]["exists"] is True
+    # Each node's libvirtd answers on its own socket.
+    for node in ("node1", "node3"):
+        virsh = subprocess.run(
+            ["virsh", "-c", layout.libvirt_uri(node), "list", "--all"], capture_output=True
+        )
+        assert virsh.returncode == 0, virsh.stderr
+
+    down = cli("down", "--name", NAME)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(NAME) == {"processes": [], "netns": [], "links": [], "mounts": [], "files": []}
+    assert cli("status", "--name", NAME).returncode != 0
+    # down is idempotent.
+    assert cli("down", "--name", NAME).returncode == 0
+
+
+def test_guest_bridges_are_joined_across_nodes(own_sandbox: str) -> None:
+    """Addresses on the guest bridges of two node namespaces reach each other through the fabric."""
+    assert cli("up", "--name", NAME, "--nodes", "2", "--no-libvirt").returncode == 0
+    layout = layout_for(NAME)
+    probe = "10.{}.255.{}/24"
+    for index, node in enumerate(("node1", "node2"), start=1):
+        net.ip(
+            "addr",
+            "add",
+            probe.format(layout.octet, index),
+            "dev",
+            layout.guest_bridge,
+            netns=layout.netns(node),
+        )
+    ping = subprocess.run(
+        [
+            "nsenter",
+            f"--net=/run/netns/{layout.netns('node1')}",
+            "busybox",
+            "ping",
+            "-c1",
+            "-W5",
+            "-s",
+            "8000",  # a jumbo frame: the bridges and veths carry MTU 9000
+            f"10.{layout.octet}.255.2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert cli("down", "--name", NAME).returncode == 0
+    assert not any(leftovers(NAME).values())
+
+
+@pytest.mark.parametrize("step", ["network", "slurmctld", "slurmd"])
+def test_up_after_interrupted_up(own_sandbox: str, step: str) -> None:
+    crashed = cli("up", "--name", NAME, "--nodes", "2", env={**os.environ, CRASH_ENV: step})
+    assert crashed.returncode == -9  # SIGKILLed mid-way: no cleanup ran
+    assert net.netns_list(layout_for(NAME).netns_prefix)  # it really left things behind
+
+    again = cli("up", "--name", NAME, "--nodes", "2")
+    assert again.returncode == 0, again.stderr
+    assert sb_exec("srun", "-N2", "hostname").returncode == 0
+    assert cli("down", "--name", NAME).returncode == 0
+    assert not any(leftovers(NAME).values())
+
+
+def test_down_after_interrupted_up_and_lost_state(own_sandbox: str) -> None:
+    """Even without state.json, down finds the daemons, namespaces and links by their names."""
+    crashed = cli("up", "--name", NAME, "--nodes", "2", env={**os.environ, CRASH_ENV: "slurmd"})
+    assert crashed.returncode == -9
+    layout_for(NAME).state_file.unlink()
+    assert cli("down", "--name", NAME).returncode == 0
+    assert not any(leftovers(NAME).values())
+
+
+def test_session_fixture_runs_jobs(sandbox) -> None:
+    """The shared fixture other e2e tests use: submit, wait, read the output."""
+    assert sandbox.nodes == ["node1", "node2", "node3"]
+    assert all(state == "idle" for state in sandbox.node_states().values())
+    job = sandbox.sbatch("-N3", "--wrap", "srun hostname")
+    assert sandbox.wait_job(job) == "COMPLETED"
+    assert sorted(sandbox.job_output(job).split()) == sandbox.nodes
+    assert sandbox.exec("id -un").stdout.strip() == sandbox.user
+    assert sandbox.exec(["id", "-u"], user="root").stdout.strip() == "0"
