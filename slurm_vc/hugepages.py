@@ -294,8 +294,8 @@ class HugepagePool:
                 raise HugepageError(f"invalid hugepage plan {pages_per_node!r}: want {{node: pages}} >= 0")
             if pages:
                 wanted[node] = pages
-        with self._locked():
-            existing = self._read_ledger(job_id)
+        with self._locked() as held:
+            existing = held.get(job_id)
             if existing is not None:
                 asked = {node: entry.asked for node, entry in existing.nodes.items()}
                 if existing.page_size == page_size and asked == wanted:
@@ -330,12 +330,12 @@ class HugepagePool:
     def release(self, job_id: str) -> None:
         """Shrink the pools by exactly what ``job_id`` added and delete its ledger.  No-op if none."""
         _check_job_id(job_id)
-        with self._locked():
+        with self._locked() as held:
             # _locked settled interrupted ledgers, so this one (if any) is "held".
-            ledger = self._read_ledger(job_id)
+            ledger = held.pop(job_id, None)
             if ledger is None:
                 return
-            others = [other for other in self._all_ledgers() if other.job_id != job_id]
+            others = list(held.values())
             for node, entry in ledger.nodes.items():
                 held = sum(
                     other.nodes[node].added or 0
@@ -448,8 +448,9 @@ class HugepagePool:
     # ----------------------------------------------------------------- ledgers and the lock
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the exclusive lock, then settle ledgers whose writer died (see the docstring)."""
+    def _locked(self) -> Iterator[dict[str, Ledger]]:
+        """Hold the exclusive lock, settle ledgers whose writer died (see the docstring), and yield
+        the remaining ("held") ledgers by job id."""
         lock_path = os.path.join(self.ledger_dir, ".lock")
         try:
             try:
@@ -476,13 +477,13 @@ class HugepagePool:
                     )
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
-            self._settle()
-            yield
+            yield self._settle()
         finally:
             os.close(fd)  # also drops the flock
 
-    def _settle(self) -> None:
+    def _settle(self) -> dict[str, Ledger]:
         boot_id = self._boot_id()
+        held = {}
         for ledger in self._all_ledgers():
             if ledger.boot_id and boot_id and ledger.boot_id != boot_id:
                 log.warning("hugepages: dropping ledger of job %s from an earlier boot", ledger.job_id)
@@ -493,6 +494,9 @@ class HugepagePool:
             elif ledger.state == "releasing":
                 log.warning("hugepages: finishing the interrupted release of job %s", ledger.job_id)
                 self._finish_release(ledger)
+            else:
+                held[ledger.job_id] = ledger
+        return held
 
     def _ledger_path(self, job_id: str) -> str:
         return os.path.join(self.ledger_dir, f"{job_id}.json")
