@@ -45,6 +45,7 @@ static void child(const struct vc_config *conf, const char *value, int out_fd)
 	char *argv[8];
 	int i = 0;
 
+	setpgid(0, 0); /* its own group, so a timeout kills the validator and anything it started */
 	dup2(out_fd, STDOUT_FILENO);
 	dup2(out_fd, STDERR_FILENO);
 	i = open("/dev/null", O_RDONLY);
@@ -130,7 +131,7 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 	}
 	close(fds[0]);
 	if (timed_out)
-		kill(pid, SIGKILL);
+		kill(-pid, SIGKILL);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 
