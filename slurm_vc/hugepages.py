@@ -276,14 +276,14 @@ class HugepagePool:
         except (OSError, ValueError) as exc:
             raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
 
-    def reserve(self, job_id: str, page_size: int, pages_per_node: dict[int, int]) -> Reservation:
+    def reserve(self, job_id: str | int, page_size: int, pages_per_node: dict[int, int]) -> Reservation:
         """Grow each node's pool by ``pages_per_node[node]`` pages of ``page_size`` bytes for ``job_id``.
 
         Idempotent for the same request (a re-run prolog gets the existing reservation).  On a
         shortfall after ``compact_retries`` compactions every touched node is restored and
         HugepageError names the node, the pages wanted and the pages the kernel gave.
         """
-        _check_job_id(job_id)
+        job_id = _job_id(job_id)
         if page_size not in SUPPORTED_PAGE_SIZES:
             raise HugepageError(
                 f"hugepage size {page_size} bytes is not supported: use 2M ({2 * MIB}) or 1G ({GIB})"
@@ -327,9 +327,9 @@ class HugepagePool:
             self._write_ledger(ledger)
             return self._reservation(ledger)
 
-    def release(self, job_id: str) -> None:
+    def release(self, job_id: str | int) -> None:
         """Shrink the pools by exactly what ``job_id`` added and delete its ledger.  No-op if none."""
-        _check_job_id(job_id)
+        job_id = _job_id(job_id)
         with self._locked() as held:
             # _locked settled interrupted ledgers, so this one (if any) is "held".
             ledger = held.pop(job_id, None)
@@ -358,9 +358,9 @@ class HugepagePool:
             self._write_ledger(ledger)
             self._finish_release(ledger)
 
-    def ledger(self, job_id: str) -> Optional[Ledger]:
+    def ledger(self, job_id: str | int) -> Optional[Ledger]:
         """The job's ledger as last written, or None (no lock taken: ledgers are replaced atomically)."""
-        _check_job_id(job_id)
+        job_id = _job_id(job_id)
         return self._read_ledger(job_id)
 
     def list_ledgers(self) -> list[Ledger]:
@@ -609,8 +609,12 @@ class HugepagePool:
         return f"{page_size_label(ledger.page_size)} hugepages ({pages or 'none'})"
 
 
-def _check_job_id(job_id: str) -> None:
+def _job_id(job_id: object) -> str:
+    """Slurm job ids are numbers; ledgers are named by their text."""
+    if isinstance(job_id, int) and not isinstance(job_id, bool):
+        job_id = str(job_id)
     if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
         raise StateError(
             f"invalid job id {job_id!r} for a hugepage ledger: use letters, digits, '.', '_', '+', '-'"
         )
+    return job_id

@@ -571,3 +571,11 @@ def test_managers_of_one_kernel_can_share_a_ledger_dir(tmp_path, tree, kernel):
     node_b.release("1")
     node_a.release("2")
     assert nr(kernel, 0) == 0 and node_a.list_ledgers() == []
+
+
+def test_numeric_job_ids_name_the_same_ledger(tmp_path, tree, kernel):
+    pool = make_pool(tmp_path, tree, kernel)
+    res = pool.reserve(4242, M2, {0: 2})
+    assert res.job_id == "4242" and pool.ledger("4242").state == "held"
+    pool.release(4242)
+    assert nr(kernel, 0) == 0 and pool.ledger(4242) is None
