@@ -116,6 +116,15 @@ class HostSettings(_Strict):
     def _model(self) -> HostSettings:
         if self.cpu_mode == "custom" and not self.cpu_model:
             raise ValueError("cpu_mode = 'custom' needs cpu_model (e.g. 'Skylake-Server')")
+        if self.domain_type == "qemu" and self.cpu_mode == "host-passthrough":
+            if "cpu_mode" in self.model_fields_set:
+                # libvirt refuses host-passthrough for TCG guests ("not supported by hypervisor").
+                raise ValueError(
+                    "cpu_mode = 'host-passthrough' needs domain_type = 'kvm'; with 'qemu' (TCG) use"
+                    " 'host-model' or 'custom' with cpu_model"
+                )
+            # The default follows the domain type: TCG cannot pass the host CPU through.
+            object.__setattr__(self, "cpu_mode", "host-model")
         return self
 
 

@@ -47,6 +47,7 @@ def test_malformed_toml_names_file(tmp_path):
         ({"host": {"hugepage_size": "4M"}}, "host.hugepage_size"),
         ({"host": {"domain_type": "xen"}}, "host.domain_type"),
         ({"host": {"cpu_mode": "custom"}}, "cpu_model"),
+        ({"host": {"domain_type": "qemu", "cpu_mode": "host-passthrough"}}, "needs domain_type = 'kvm'"),
         ({"host": {"reserved_memory": "12XB"}}, "host.reserved_memory"),
         ({"host": {"reserved_memory": "-1G"}}, "host.reserved_memory"),
         ({"network": {"subnet": "8.8.8.0/24"}}, "private"),
@@ -64,3 +65,8 @@ def test_bad_config_names_key_and_allowed(data, needle):
         config_from_mapping(data, source="site.toml")
     assert "site.toml" in str(info.value)
     assert needle in str(info.value)
+
+
+def test_tcg_default_cpu_mode_is_host_model():
+    assert config_from_mapping({"host": {"domain_type": "qemu"}}).host.cpu_mode == "host-model"
+    assert config_from_mapping({}).host.cpu_mode == "host-passthrough"
