@@ -195,6 +195,7 @@ class Sandbox:
         if ensure_user(user):
             state.set("created_user", user)
         hooks, warnings = self._install_hooks()
+        warnings += check_user_can_run_python(user)
         for warning in warnings:
             self._say("warning: " + warning)
         state.set("warnings", warnings)
@@ -618,6 +619,8 @@ class Sandbox:
             _restore_hugepages(data.get("hugepages", {}))
 
         # 7. Files: everything but the logs (kept for a post-mortem unless asked).
+        if not keep_logs:
+            shutil.rmtree(layout.base, ignore_errors=True)
         if layout.base.exists():
             for entry in layout.base.iterdir():
                 if keep_logs and entry.name == "log":
@@ -713,6 +716,38 @@ def find_hook_executables(repo: Path) -> dict[str, str]:
             if role and path.is_file() and os.access(path, os.X_OK):
                 found.setdefault(role, str(path))
     return found
+
+
+def check_user_can_run_python(user: str) -> list[str]:
+    """Warnings when the job user cannot run this Python (slurm-vc in jobs, the submit-time validator).
+
+    A venv made from a Python under /root (pyenv) is unusable for anyone but root.
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return [f"job user {user!r} does not exist"]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "import slurm_vc.cli"],
+            capture_output=True,
+            text=True,
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": SYSTEM_PATH, "HOME": entry.pw_dir},
+        )
+        if result.returncode == 0:
+            return []
+        why = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    return [
+        f"job user {user} cannot run {sys.executable} ({why}): `slurm-vc` inside jobs and the --vcluster "
+        "validator at submit will fail for that user; build the venv from a Python every user can run "
+        "(e.g. PYTHON=/usr/bin/python3 scripts/install-deps.sh)"
+    ]
 
 
 def build_spank_plugin(repo: Path) -> tuple[Optional[str], Optional[str]]:
