@@ -188,7 +188,8 @@ def node_config(node_libvirtd, tiny_guest, base_disk, qemu_tmp_path):
             "timeouts": {"ready": 90, "lock": 10},
             "images": {
                 "tiny": {**guest, "seed": "both"},
-                "tinydisk": {**guest, "seed": "cmdline", "disk": base_disk},
+                "tinydisk": {**guest, "seed": "both", "disk": base_disk},
+                "never": {**guest, "seed": "cmdline", "readiness": {"serial_line": "NEVER-PRINTED"}},
             },
         },
         source="<integration test config>",

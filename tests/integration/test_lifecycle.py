@@ -6,13 +6,17 @@ Each test checks the outcome from outside the lifecycle: libvirt, /proc, sysfs, 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from slurm_vc import state
+from slurm_vc.errors import GuestNotReadyError
 from slurm_vc.hypervisor import Hypervisor
-from slurm_vc.lifecycle import Environment, NodeJob, start_guest, teardown
+from slurm_vc.lifecycle import STEPS, Environment, NodeJob, start_guest, teardown
 from slurm_vc.network import tap_name
 
 pytestmark = pytest.mark.integration
@@ -124,3 +128,126 @@ def test_start_ready_pinned_hugepages_then_clean_teardown(node_config, env):
     assert_nothing_left(node_config, env, job, before)
     # Teardown twice: nothing to do, no error.
     assert teardown(job.job_id, node_config, env) is False
+
+
+# ------------------------------------------------------------------------------------ fault tests
+
+
+def _crash_child(job, config, env, crash_step, mid_domain):
+    """Run start_guest and die (no clean-up, like a killed prolog) at ``crash_step``."""
+    from slurm_vc import hypervisor
+
+    if mid_domain:
+        real_start = hypervisor.Hypervisor.start
+
+        def start_then_die(self, xml):
+            real_start(self, xml)
+            os._exit(17)  # the domain runs, the state still says "planned"
+
+        hypervisor.Hypervisor.start = start_then_die
+
+    def hook(step):
+        if step == crash_step:
+            os._exit(17)
+
+    try:
+        start_guest(job, config, env, crash_hook=hook)
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent through the exit code
+        print(f"start_guest failed: {exc}", flush=True)
+        os._exit(3)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("crash_step", [*STEPS, "mid-domain"])
+def test_teardown_after_crash_between_steps(node_config, env, crash_step):
+    """A prolog killed before any step, or between createXML and recording it: teardown misses nothing."""
+    job = make_job(200 + ([*STEPS, "mid-domain"].index(crash_step)), "tinydisk,vcpus=1,mem=128M")
+    before = hugepages_2m()
+    context = multiprocessing.get_context("fork")
+    child = context.Process(
+        target=_crash_child, args=(job, node_config, env, crash_step, crash_step == "mid-domain")
+    )
+    child.start()
+    child.join(120)
+    assert child.exitcode == 17
+    recorded = state.read_state(node_config.state_dir, job.job_id)
+    assert recorded is not None
+    kinds = [resource.kind for resource in recorded.resources]
+    expected = {
+        "isolation": [],
+        "hugepages": ["isolation"],
+        "overlay": ["isolation", "hugepages"],
+        "seed": ["isolation", "hugepages", "overlay"],
+        "domain": ["isolation", "hugepages", "overlay", "seed"],
+        "ready": ["isolation", "hugepages", "overlay", "seed", "domain"],
+        "mid-domain": ["isolation", "hugepages", "overlay", "seed", "domain"],
+    }[crash_step]
+    assert kinds == expected
+    if crash_step in ("ready", "mid-domain"):
+        with Hypervisor(node_config.host.libvirt_uri) as hv:
+            assert hv.is_running(f"vc-{job.job_id}-n0")  # really left running by the "crash"
+        assert recorded.find("domain").status == ("planned" if crash_step == "mid-domain" else "created")
+    assert teardown(job.job_id, node_config, env) is True
+    assert_nothing_left(node_config, env, job, before)
+    assert teardown(job.job_id, node_config, env) is False
+
+
+def test_qemu_killed_mid_boot_fails_fast_and_cleans_up(node_config, env):
+    job = make_job(301)
+    before = hugepages_2m()
+
+    def kill_qemu(step):
+        if step == "ready":
+            with Hypervisor(node_config.host.libvirt_uri) as hv:
+                os.kill(hv.qemu_pid(f"vc-{job.job_id}-n0"), signal.SIGKILL)
+
+    with pytest.raises(GuestNotReadyError, match="stopped before it became ready"):
+        start_guest(job, node_config, env, crash_hook=kill_qemu)
+    assert_nothing_left(node_config, env, job, before)
+
+
+def test_guest_never_ready_times_out_with_console_tail(node_config, env):
+    from slurm_vc.config import Timeouts
+
+    config = node_config.model_copy(update={"timeouts": Timeouts(ready=8, lock=10)})
+    job = make_job(302, "never,vcpus=1,mem=128M")
+    before = hugepages_2m()
+    with pytest.raises(GuestNotReadyError) as failure:
+        start_guest(job, config, env)
+    message = str(failure.value)
+    assert "not ready after 8 s" in message
+    assert "last lines of the guest console" in message
+    assert "SLURM-VC-READY" in message  # the tiny guest printed its own line: the console tail is real
+    assert_nothing_left(config, env, job, before)
+
+
+def test_libvirtd_restart_while_guest_runs(node_config, env, node_libvirtd):
+    job = make_job(303)
+    before = hugepages_2m()
+    info = start_guest(job, node_config, env)
+    try:
+        with Hypervisor(node_config.host.libvirt_uri) as hv:
+            pid = hv.qemu_pid(info.name)
+        node_libvirtd.restart_libvirtd()
+        with Hypervisor(node_config.host.libvirt_uri) as hv:  # a new daemon, same guest
+            assert hv.list_domains() == [info.name]
+            assert hv.is_running(info.name)
+            assert hv.qemu_pid(info.name) == pid
+    finally:
+        assert teardown(job.job_id, node_config, env) is True
+    assert_nothing_left(node_config, env, job, before)
+
+
+def test_rerun_prolog_replaces_the_previous_guest(node_config, env):
+    """A requeued job's prolog on the same node first removes what the last run left."""
+    job = make_job(304)
+    before = hugepages_2m()
+    start_guest(job, node_config, env)
+    try:
+        info = start_guest(job, node_config, env)
+        with Hypervisor(node_config.host.libvirt_uri) as hv:
+            assert hv.list_domains() == [info.name]
+        assert hugepages_2m()["nr_hugepages"] == before["nr_hugepages"] + 64
+    finally:
+        teardown(job.job_id, node_config, env)
+    assert_nothing_left(node_config, env, job, before)
