@@ -13,9 +13,12 @@ Files::
     <sysfs>/devices/system/node/nodeN/compact       (else <proc>/sys/vm/compact_memory)
     <state_dir>/hugepages/.lock                     exclusive flock, bounded wait -> StateError
     <state_dir>/hugepages/<job_id>.json             one ledger per job (tmp + fsync + rename)
+    <sysfs>/devices/system/node                     flock'd second: one lock per kernel
 
-The lock serialises only managers sharing that directory: everything that changes one kernel's
-pools (e.g. several simulated nodes on one machine) must use the same ``ledger_dir``.
+The ledger lock serialises managers sharing a ledger directory; the flock on the sysfs node
+directory serialises every manager of one kernel's pools, whatever its state directory (several
+simulated nodes on one machine, tests next to production), so their read-modify-writes of
+nr_hugepages never lose an update.  Writers that bypass the manager are not covered.
 
 Counting in persistent pages
 ----------------------------
@@ -232,8 +235,7 @@ class HugepagePool:
         ledger_dir: Optional[str] = None,
     ):
         self.state_dir = state_dir
-        # Every manager of one kernel's pools must share one ledger directory (and so one lock):
-        # simulated nodes on one machine with separate state dirs would otherwise race.
+        # Ledgers normally live in the state dir; a runtime dir (tmpfs) also fits: pools die at boot too.
         self.ledger_dir = ledger_dir or os.path.join(state_dir, "hugepages")
         self.sysfs_root = sysfs_root
         self.proc_root = proc_root
@@ -449,8 +451,8 @@ class HugepagePool:
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Ledger]]:
-        """Hold the exclusive lock, settle ledgers whose writer died (see the docstring), and yield
-        the remaining ("held") ledgers by job id."""
+        """Hold the ledger lock and then the kernel lock, settle ledgers whose writer died (see the
+        docstring), and yield the remaining ("held") ledgers by job id."""
         lock_path = os.path.join(self.ledger_dir, ".lock")
         try:
             try:
@@ -460,25 +462,23 @@ class HugepagePool:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open hugepage ledger lock {lock_path}: {exc.strerror}") from None
+        kernel_fd = -1
         try:
             deadline = time.monotonic() + self.lock_timeout
-            pause = 0.002
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        raise StateError(f"cannot lock {lock_path}: {exc.strerror}") from None
-                if time.monotonic() >= deadline:
-                    raise StateError(
-                        f"hugepage ledger lock {lock_path} is held by another process for more than"
-                        f" {self.lock_timeout:g} s (timeouts.lock)"
-                    )
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+            _flock(fd, f"hugepage ledger lock {lock_path}", deadline, self.lock_timeout)
+            # Managers with other ledger dirs (another state_dir on the same machine) change the same
+            # pools: a flock on the sysfs node directory, taken always second, serialises them too.
+            node_root = os.path.join(self.sysfs_root, "devices/system/node")
+            try:
+                kernel_fd = os.open(node_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                kernel_fd = -1  # no NUMA directory: every pool read below reports it
+            if kernel_fd >= 0:
+                _flock(kernel_fd, f"hugepage pool lock {node_root}", deadline, self.lock_timeout)
             yield self._settle()
         finally:
+            if kernel_fd >= 0:
+                os.close(kernel_fd)
             os.close(fd)  # also drops the flock
 
     def _settle(self) -> dict[str, Ledger]:
@@ -607,6 +607,22 @@ class HugepagePool:
     def _describe(ledger: Ledger) -> str:
         pages = ", ".join(f"node {node}: {entry.asked}" for node, entry in sorted(ledger.nodes.items()))
         return f"{page_size_label(ledger.page_size)} hugepages ({pages or 'none'})"
+
+
+def _flock(fd: int, what: str, deadline: float, timeout: float) -> None:
+    """Take an exclusive flock, polling until ``deadline``; StateError when it passes."""
+    pause = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StateError(f"cannot take the {what}: {exc.strerror}") from None
+        if time.monotonic() >= deadline:
+            raise StateError(f"{what} is held by another process for more than {timeout:g} s (timeouts.lock)")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _job_id(job_id: object) -> str:

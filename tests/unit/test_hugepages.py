@@ -538,15 +538,21 @@ def _worker(state_dir: str, sysfs: str, proc: str, prefix: str, rounds: int, que
         queue.put(repr(exc))
 
 
-def test_two_processes_reserving_and_releasing_keep_the_pool_consistent(tmp_path, tree):
+@pytest.mark.parametrize("shared_state_dir", [True, False], ids=["one-state-dir", "two-state-dirs"])
+def test_two_processes_reserving_and_releasing_keep_the_pool_consistent(tmp_path, tree, shared_state_dir):
+    """Without the locks, read-modify-writes of nr_hugepages would lose updates.  With two state dirs
+    (two simulated nodes on one machine) only the flock on the sysfs node directory serialises them."""
     sysfs, proc = tree
     nr_path = Path(pool_dir(sysfs, 0, M2), "nr_hugepages")
     nr_path.write_text("11\n")  # the admin's pages; the plain file has no kernel behind it
-    state_dir = str(tmp_path / "state")
+    state_dirs = {
+        prefix: str(tmp_path / ("state" if shared_state_dir else f"state-{prefix}")) for prefix in "xy"
+    }
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     workers = [
-        context.Process(target=_worker, args=(state_dir, sysfs, proc, prefix, 40, queue)) for prefix in "xy"
+        context.Process(target=_worker, args=(state_dirs[prefix], sysfs, proc, prefix, 40, queue))
+        for prefix in "xy"
     ]
     for worker in workers:
         worker.start()
@@ -557,7 +563,8 @@ def test_two_processes_reserving_and_releasing_keep_the_pool_consistent(tmp_path
     # A lost update (read-modify-write without the lock) would leave a different count here.
     assert nr_path.read_text().strip() == "11"
     assert Path(pool_dir(sysfs, 1, M2), "nr_hugepages").read_text().strip() == "0"
-    assert HugepagePool(state_dir, sysfs, proc_root=proc).list_ledgers() == []
+    for state_dir in state_dirs.values():
+        assert HugepagePool(state_dir, sysfs, proc_root=proc).list_ledgers() == []
 
 
 def test_managers_of_one_kernel_can_share_a_ledger_dir(tmp_path, tree, kernel):
@@ -579,3 +586,16 @@ def test_numeric_job_ids_name_the_same_ledger(tmp_path, tree, kernel):
     assert res.job_id == "4242" and pool.ledger("4242").state == "held"
     pool.release(4242)
     assert nr(kernel, 0) == 0 and pool.ledger(4242) is None
+
+
+def test_pool_lock_is_shared_by_managers_of_other_state_dirs(tmp_path, tree, kernel):
+    pool = make_pool(tmp_path, tree, kernel, lock_timeout=0.1)
+    node_root = os.open(os.path.join(tree[0], "devices/system/node"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(node_root, fcntl.LOCK_EX)  # another manager, whatever its state dir, mid-change
+        with pytest.raises(StateError, match=r"hugepage pool lock .*/devices/system/node is held"):
+            pool.reserve("1", M2, {0: 1})
+    finally:
+        os.close(node_root)
+    pool.reserve("1", M2, {0: 1})
+    assert nr(kernel, 0) == 1
