@@ -2,7 +2,7 @@
 """Benchmark: hugepage grow+shrink through HugepagePool against raw sysfs writes, in the same run.
 
 For 1, 4 and 8 GiB of 2M pages on one NUMA node, each round times
-  raw:      write nr_hugepages = base + n, then nr_hugepages = base   (what an admin's echo does)
+  raw:      write nr_hugepages = base + n, then nr_hugepages = current - n   (an admin's two echos)
   manager:  HugepagePool.reserve(job, 2M, {node: n}) then release(job) (lock, ledger, read-back)
 in three set-ups: ledgers on disk with fsync (the default), on disk without fsync, and on tmpfs
 (where a ledger arguably belongs: a hugepage pool does not outlive a boot either).  The order
@@ -65,9 +65,10 @@ class Bench:
         self.write(base + pages)
         self.raw_outstanding = pages
         middle = time.perf_counter()
-        got = self.persistent() - base  # checked outside the timed part
+        current = self.persistent()  # read outside the timed part
+        got = current - base
         resume = time.perf_counter()
-        self.write(base)
+        self.write(current - pages)  # by delta: pages another job added meanwhile stay
         self.raw_outstanding = 0
         end = time.perf_counter()
         if got < pages:

@@ -244,6 +244,7 @@ class HugepagePool:
         self.io = io or SysfsIO()
         # fsync makes ledgers survive a power cut; pools never do, so it is optional (see benchmarks).
         self.fsync = fsync
+        self._boot_id_cache: Optional[str] = None
 
     @classmethod
     def from_config(cls, config: SiteConfig, **kwargs) -> HugepagePool:
@@ -578,11 +579,14 @@ class HugepagePool:
                 os.close(fd)
 
     def _boot_id(self) -> str:
-        try:
-            with open(os.path.join(self.proc_root, "sys/kernel/random/boot_id"), encoding="ascii") as handle:
-                return handle.read().strip()
-        except OSError:
-            return ""  # unknown: ledgers are then never treated as stale
+        if self._boot_id_cache is None:  # a process never outlives a boot
+            try:
+                path = os.path.join(self.proc_root, "sys/kernel/random/boot_id")
+                with open(path, encoding="ascii") as handle:
+                    self._boot_id_cache = handle.read().strip()
+            except OSError:
+                self._boot_id_cache = ""  # unknown: ledgers are then never treated as stale
+        return self._boot_id_cache
 
     def _predates_boot(self, path: str) -> bool:
         try:

@@ -447,8 +447,9 @@ def test_ledger_from_an_earlier_boot_is_dropped_without_touching_the_pool(tmp_pa
     pool.reserve("old", M2, {0: 40})
     kernel.set_persistent(0, M2, 0)  # the reboot reset the pool
     Path(tree[1], "sys/kernel/random/boot_id").write_text("another-boot\n")
-    pool.release("old")
-    assert nr(kernel, 0) == 0 and pool.ledger("old") is None
+    after_reboot = make_pool(tmp_path, tree, kernel)
+    after_reboot.release("old")
+    assert nr(kernel, 0) == 0 and after_reboot.ledger("old") is None
 
 
 def test_corrupt_ledger(tmp_path, tree, kernel):
