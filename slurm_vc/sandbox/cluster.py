@@ -63,7 +63,17 @@ MUNGE_KEY = "/etc/munge/munge.key"
 GUEST_OUT = REPO / "guest" / "out"
 UP_TIMEOUT = 60.0
 # Processes `down` may find by their arguments when the recorded state is lost.
-DAEMON_COMMS = ("munged", "slurmctld", "slurmd", "slurmstepd", "libvirtd", "virtlogd", "python", "python3")
+DAEMON_COMMS = (
+    "munged",
+    "slurmctld",
+    "slurmd",
+    "slurmstepd",
+    "libvirtd",
+    "virtlogd",
+    "python",
+    "python3",
+    "qemu-system-x86",  # comm is cut at 15 characters
+)
 HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
 
 

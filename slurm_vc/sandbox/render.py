@@ -121,7 +121,7 @@ def render_hook_wrapper(layout: SandboxLayout, path_dirs: Sequence[str], target:
         f'SLURM_VC_CONFIG={conf_dir}/"vcluster-${{SLURMD_NODENAME:?SLURMD_NODENAME not set}}.toml"\n'
         f"SLURM_CONF={shlex.quote(str(layout.slurm_conf))}\n"
         # Append, never replace: the task wrapper runs the user's command with the user's PATH.
-        f'PATH="${{PATH:+$PATH:}}"{shlex.quote(":".join(path_dirs))}\n'
+        f'PATH="${{PATH:+$PATH:}}"{shlex.quote(extra_path)}\n'
         "export SLURM_VC_CONFIG SLURM_CONF PATH\n"
         f'exec {" ".join(shlex.quote(part) for part in target)} "$@"\n'
     )

@@ -22,6 +22,7 @@ from slurm_vc.sandbox.layout import layout_for
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("require_sandbox")]
 
 NAME = "vcsbt"
+QEMU_COMM = "qemu-system-x86"  # /proc/PID/comm is cut at 15 characters
 SLURM_VC = str(Path(sys.executable).parent / "slurm-vc")
 
 
@@ -43,9 +44,7 @@ def leftovers(name: str) -> dict[str, list]:
     deadline = time.monotonic() + 10  # killed daemons may linger a moment as they exit
     while True:
         found = {
-            "processes": [
-                ref.pid for ref in procs.pids_with_arg(base, (*DAEMON_COMMS, "qemu-system-x86_64"))
-            ],
+            "processes": [ref.pid for ref in procs.pids_with_arg(base, (*DAEMON_COMMS, QEMU_COMM))],
             "netns": net.netns_list(layout.netns_prefix),
             "links": net.host_links(layout.link_prefix),
             "mounts": [line for line in Path("/proc/mounts").read_text().splitlines() if base in line],
@@ -68,6 +67,40 @@ def wait_job(job_id: str, timeout: float = 120) -> str:
             return state
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+DOMAIN_XML = """
+<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>96</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type><kernel>/boot/vmlinuz-{kernel}</kernel><cmdline>console=ttyS0</cmdline>
+  </os>
+  <devices>
+    <interface type='bridge'><source bridge='{bridge}'/><model type='virtio'/></interface>
+    <serial type='pty'/>
+  </devices>
+</domain>
+"""
+
+
+def start_test_domain(layout, node: str) -> str:
+    """Start a throw-away guest (kernel only; it never needs to finish booting) on ``node``."""
+    name = f"{layout.name}-test-{node}"
+    kernel = sorted(p.name[len("vmlinuz-") :] for p in Path("/boot").glob("vmlinuz-*"))[-1]
+    xml = DOMAIN_XML.format(name=name, kernel=kernel, bridge=layout.guest_bridge)
+    result = subprocess.run(
+        ["virsh", "-c", layout.libvirt_uri(node), "create", "/dev/stdin"],
+        input=xml,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert procs.pids_with_arg(name, (QEMU_COMM,))
+    tap = net.ip("-o", "link", "show", "master", layout.guest_bridge, netns=layout.netns(node)).stdout
+    assert "vnet" in tap  # the guest's tap is on the node's guest bridge
+    return name
 
 
 @pytest.fixture
@@ -134,8 +167,14 @@ def test_up_jobs_status_exec_down(own_sandbox: str) -> None:
         )
         assert virsh.returncode == 0, virsh.stderr
 
+    # A guest running on node1's libvirtd, attached to the node's guest bridge: down must destroy it
+    # (through libvirt, so its cgroup directories go too).
+    domain = start_test_domain(layout, "node1")
+
     down = cli("down", "--name", NAME)
     assert down.returncode == 0, down.stderr
+    assert not procs.pids_with_arg(domain, (QEMU_COMM,))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/machine/*{domain}*"))
     assert leftovers(NAME) == {"processes": [], "netns": [], "links": [], "mounts": [], "files": []}
     assert cli("status", "--name", NAME).returncode != 0
     # down is idempotent.
