@@ -36,7 +36,14 @@ FORWARDED_ENV = (
 )
 
 
+SSH_ENV = "SLURM_VC_SSH"  # another ssh client (absolute path); tests use a stand-in
+
+
 def ssh_binary() -> str:
+    """The ssh client: ``$SLURM_VC_SSH``, else /usr/bin/ssh (tasks may have no useful PATH)."""
+    override = os.environ.get(SSH_ENV)
+    if override:
+        return override
     return SSH if os.access(SSH, os.X_OK) else "ssh"
 
 

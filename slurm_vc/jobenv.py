@@ -278,7 +278,7 @@ def publish(
         raise StateError(f"{directory} is a symbolic link; refusing to publish there")
     directory.mkdir(mode=0o700, exist_ok=True)
     # Take the directory back while writing: the user must not race root's writes.
-    os.chown(directory, 0, 0)
+    os.chown(directory, os.geteuid(), os.getegid())
     os.chmod(directory, 0o700)
     view.directory = str(directory)
     files: dict[str, tuple[bytes, int]] = {
@@ -363,7 +363,7 @@ def load_current(environ: Optional[Mapping[str, str]] = None, config_path: Optio
     """The current job's view (for the launcher commands)."""
     env = os.environ if environ is None else environ
     state_dir = None
-    if not env.get(JOB_DIR_ENV):
+    if not env.get(JOB_DIR_ENV) and (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
         state_dir = state_dir_from_file(config_path or env.get(CONFIG_ENV))
     return load(find_job_dir(env, state_dir))
 

@@ -375,6 +375,12 @@ def set_job_comment(job_id: int, comment: str) -> None:
     _run(["scontrol", "update", f"JobId={job_id}", f"Comment={comment}"])
 
 
+def drain_node(node: str, reason: str) -> None:
+    """Drain ``node`` with ``reason`` (what ``sinfo -R`` shows the admin).  Needs root."""
+    reason = " ".join(reason.split())[:250]
+    _run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
+
+
 def requeue_hold(job_id: int) -> None:
     """Requeue the job and hold it (it stays pending until released)."""
     _run(["scontrol", "requeuehold", str(job_id)])
@@ -408,6 +414,7 @@ __all__ = [
     "abstract_to_os_cpus",
     "allocated_cpus_and_memory",
     "allocation_from_job_detail",
+    "drain_node",
     "expand_hostlist",
     "job_comment",
     "job_facts_from_env",

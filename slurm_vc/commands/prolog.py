@@ -52,7 +52,7 @@ def _vcpus_per_node(facts, request, topology, local_vcpus: int) -> dict[str, int
     """
     if request.vcpus:
         return {node: request.vcpus for node in facts.nodes}
-    threads = max(1, topology.threads_per_core())
+    threads = max(1, topology.threads_per_core)
     slots = {node: max(1, facts.cpus_per_node.get(node, threads) // threads) for node in facts.nodes}
     slots[facts.node] = local_vcpus
     return slots
@@ -69,6 +69,7 @@ def prolog(facts, config_path=None) -> int:
     except ConfigError as exc:
         print(f"slurm-vc prolog: job {facts.job_id}: node fault: {exc}", file=sys.stderr)
         _comment(facts, f"{comment_prefix(facts.restart_count)} node {facts.node}: {exc}")
+        _drain(facts.node, f"slurm-vc: {exc}")
         return exc.exit_code
     view = jobenv.JobView(
         job_id=facts.job_id, node=facts.node, user=facts.user, image="", login_user="root", guests=[]
@@ -77,6 +78,8 @@ def prolog(facts, config_path=None) -> int:
         return _start(facts, config, view)
     except VcError as exc:
         return _fail(facts, config, view, exc)
+    except Exception as exc:  # a bug is the node's problem, not the user's: drain, with the reason
+        return _fail(facts, config, view, VcError(f"internal error: {type(exc).__name__}: {exc}"))
 
 
 def _start(facts, config, view) -> int:
@@ -154,7 +157,19 @@ def _fail(facts, config, view, exc) -> int:
     _comment(facts, reason)
     if exc.user_fault:
         return 0  # no drain: the TaskProlog fails the job with the reason
+    _drain(facts.node, f"slurm-vc job {facts.job_id}: {exc}")
     return exc.exit_code or 1
+
+
+def _drain(node: str, reason: str) -> None:
+    """Drain with our reason first; Slurm then drains for the non-zero exit (keeping this reason)."""
+    from .. import slurm
+    from ..errors import SlurmError
+
+    try:
+        slurm.drain_node(node, reason)
+    except SlurmError as exc:
+        print(f"slurm-vc prolog: cannot set the drain reason: {exc}", file=sys.stderr)
 
 
 def _comment(facts, reason: str) -> None:
