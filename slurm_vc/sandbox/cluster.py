@@ -564,6 +564,59 @@ class Sandbox:
             **kwargs,
         )
 
+    def _job_ids(self) -> list[str]:
+        try:
+            result = self._slurm("squeue", "-h", "-o", "%i", check=False)
+        except subprocess.TimeoutExpired:
+            return []
+        return result.stdout.split() if result.returncode == 0 else []
+
+    def _cancel_all_jobs(self, timeout: float) -> None:
+        """scancel every job and wait (bounded) until none is left, epilogs included."""
+        jobs = self._job_ids()
+        if not jobs:
+            return
+        self._say(f"cancelling {len(jobs)} job(s)")
+        self._slurm("scancel", *jobs, check=False)
+        deadline = time.monotonic() + timeout
+        while self._job_ids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def _gc_nodes(self, names: list[str]) -> None:
+        """Run ``slurm-vc gc`` for every node whose state dir holds anything (in its namespace)."""
+        threads = []
+        for node in names:
+            state_dir = self.layout.node_state_dir(node)
+            if not state_dir.is_dir() or not any(state_dir.iterdir()):
+                continue
+            env = {**self._daemon_env(), "SLURM_VC_CONFIG": str(self.layout.node_config(node))}
+            env["SLURMD_NODENAME"] = node
+            command = [
+                "nsenter",
+                f"--net={net.NETNS_DIR}/{self.layout.netns(node)}",
+                f"{venv_bin()}/slurm-vc",
+                "gc",
+                "--node",
+                node,
+                "--min-age",
+                "0",
+            ]
+
+            def gc(command: list[str] = command, env: dict = env, node: str = node) -> None:
+                try:
+                    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    self._say(f"warning: gc on {node}: {exc}")
+                    return
+                if result.returncode != 0:
+                    self._say(f"warning: gc on {node} failed: {result.stderr.strip()[-300:]}")
+
+            thread = threading.Thread(target=gc)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+
     def other_sandboxes_up(self) -> list[str]:
         """Names of other sandboxes under the same root whose daemons are alive."""
         root = Path(self.layout.root)
@@ -589,11 +642,19 @@ class Sandbox:
         recorded = {role: ProcRef.from_json(ref) for role, ref in data.get("procs", {}).items()}
         netns_names = sorted(set(data.get("netns", [])) | set(net.netns_list(layout.netns_prefix)))
 
-        # 1. No new jobs, prologs or epilogs: stop slurmd and slurmctld.
+        # 1. Jobs still there: cancel them so their epilogs tear their guests down the normal way,
+        #    then let `slurm-vc gc` reap what is left on each node while Slurm can still say that
+        #    no job is live.  Skipped (fast) when no job ever ran or slurmctld is gone.
+        ctld = recorded.get("slurmctld")
+        if ctld is not None and procs.alive(ctld):
+            self._cancel_all_jobs(timeout=30)
+            self._gc_nodes(list(data.get("nodes", [])))
+
+        # 2. No new jobs, prologs or epilogs: stop slurmd and slurmctld.
         slurm_daemons = [ref for role, ref in recorded.items() if role.startswith(("slurmd-", "slurmctld"))]
         procs.stop(slurm_daemons, timeout=5)
 
-        # 2. The guests: each libvirtd destroys its domains, then stops (and kills leftover QEMU).
+        # 3. The guests: each libvirtd destroys its domains, then stops (and kills leftover QEMU).
         libvirt_nodes = set(data.get("libvirtds", []))
         if layout.libvirt_dir.exists():
             libvirt_nodes |= {p.name for p in layout.libvirt_dir.iterdir() if p.is_dir()}
@@ -609,26 +670,26 @@ class Sandbox:
             for thread in threads:
                 thread.join()
 
-        # 3. Whatever still runs in a node namespace (slurmstepd, job tasks, prolog helpers).
+        # 4. Whatever still runs in a node namespace (slurmstepd, job tasks, prolog helpers).
         for netns in netns_names:
             procs.stop(procs.pids_in_netns(f"{net.NETNS_DIR}/{netns}"), timeout=3)
 
-        # 4. Daemons found by their arguments (a lost state.json): slurmctld, slurmd, munged.
+        # 5. Daemons found by their arguments (a lost state.json): slurmctld, slurmd, munged.
         procs.stop(procs.pids_with_arg(str(layout.base) + "/", DAEMON_COMMS), timeout=5)
         procs.stop(list(recorded.values()), timeout=5)
 
-        # 5. Namespaces, then host links (veth host ends vanish with their namespace).
+        # 6. Namespaces, then host links (veth host ends vanish with their namespace).
         for netns in netns_names:
             net.delete_netns(netns)
         for link in sorted(set(data.get("links", [])) | set(net.host_links(layout.link_prefix))):
             net.delete_link(link)
 
-        # 6. Hugepage pools grown while the sandbox ran (the lifecycle's epilog normally releases them
+        # 7. Hugepage pools grown while the sandbox ran (the lifecycle's epilog normally releases them
         #    per its ledgers; this is the safety net).  Another running sandbox may own the growth.
         if not self.other_sandboxes_up():
             _restore_hugepages(data.get("hugepages", {}))
 
-        # 7. Files: everything but the logs (kept for a post-mortem unless asked).
+        # 8. Files: everything but the logs (kept for a post-mortem unless asked).
         if not keep_logs:
             shutil.rmtree(layout.base, ignore_errors=True)
         if layout.base.exists():

@@ -215,6 +215,41 @@ def test_guest_bridges_are_joined_across_nodes(own_sandbox: str) -> None:
     assert not any(leftovers(NAME).values())
 
 
+def test_down_with_running_jobs(own_sandbox: str) -> None:
+    """Running and pending jobs are cancelled and their processes gone, whatever they were doing."""
+    assert cli("up", "--name", NAME, "--nodes", "2", "--no-libvirt").returncode == 0
+    running = sb_exec("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "srun sleep 300")
+    pending = sb_exec("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "sleep 300")
+    assert running.returncode == 0 and pending.returncode == 0, running.stderr + pending.stderr
+    layout = layout_for(NAME)
+
+    def on_nodes() -> list[procs.ProcRef]:
+        return [
+            ref
+            for node in ("node1", "node2")
+            for ref in procs.pids_in_netns(f"/run/netns/{layout.netns(node)}")
+        ]
+
+    def comms(refs: list[procs.ProcRef]) -> list[str]:
+        names = []
+        for ref in refs:
+            try:
+                names.append(Path(f"/proc/{ref.pid}/comm").read_text().strip())
+            except OSError:
+                continue
+        return names
+
+    deadline = time.monotonic() + 60
+    while comms(on_nodes()).count("sleep") < 2:  # the srun step's task on both nodes
+        assert time.monotonic() < deadline, f"job never started: {comms(on_nodes())}"
+        time.sleep(0.2)
+    before = on_nodes()
+    assert {"slurmd", "slurmstepd", "sleep"} <= set(comms(before))
+    assert cli("down", "--name", NAME).returncode == 0
+    assert not any(leftovers(NAME).values())
+    assert not [ref for ref in before if procs.alive(ref)]
+
+
 @pytest.mark.parametrize("step", ["network", "slurmctld", "slurmd"])
 def test_up_after_interrupted_up(own_sandbox: str, step: str) -> None:
     crashed = cli("up", "--name", NAME, "--nodes", "2", env={**os.environ, CRASH_ENV: step})
