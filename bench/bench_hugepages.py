@@ -18,6 +18,7 @@ by delta (other jobs' pages are left alone) even on failure.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import platform
 import shutil
@@ -46,6 +47,7 @@ class Bench:
             "tmpfs": HugepagePool(self.state_dirs[1], fsync=True),
         }
         self.raw_outstanding = 0  # pages a raw round added and has not taken back yet
+        self.disturbed = 0  # rounds where the pool did not move by exactly the pages asked
         self.job = 0
 
     def persistent(self) -> int:
@@ -60,19 +62,25 @@ class Bench:
             os.close(fd)
 
     def raw(self, pages: int) -> float:
-        base = self.persistent()
-        start = time.perf_counter()
-        self.write(base + pages)
-        self.raw_outstanding = pages
-        middle = time.perf_counter()
-        current = self.persistent()  # read outside the timed part
-        got = current - base
-        resume = time.perf_counter()
-        self.write(current - pages)  # by delta: pages another job added meanwhile stay
-        self.raw_outstanding = 0
-        end = time.perf_counter()
-        if got < pages:
-            raise SystemExit(f"the kernel gave only {got} of {pages} pages: not enough free memory to bench")
+        # Hold the pool lock the managers take (untimed) so other managers' jobs on this machine
+        # neither disturb nor get disturbed by the raw writes.
+        lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            base = self.persistent()
+            start = time.perf_counter()
+            self.write(base + pages)
+            self.raw_outstanding = pages
+            middle = time.perf_counter()
+            current = self.persistent()  # read outside the timed part
+            resume = time.perf_counter()
+            self.write(max(0, current - pages))  # by delta: pages another job added meanwhile stay
+            self.raw_outstanding = 0
+            end = time.perf_counter()
+        finally:
+            os.close(lock)
+        if current - base != pages:
+            self.disturbed += 1  # the kernel fell short, or a writer outside the managers interfered
         return (middle - start) + (end - resume)
 
     def manager(self, variant: str, pages: int) -> float:
@@ -82,14 +90,17 @@ class Bench:
         start = time.perf_counter()
         reservation = pool.reserve(job, M2, {self.node: pages})
         reservation.release()
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        if reservation.added[self.node] != pages:
+            self.disturbed += 1
+        return took
 
     def restore(self) -> None:
         for pool in self.pools.values():
             for ledger in pool.list_ledgers():
                 pool.release(ledger.job_id)
         if self.raw_outstanding:
-            self.write(self.persistent() - self.raw_outstanding)
+            self.write(max(0, self.persistent() - self.raw_outstanding))
         for state_dir in self.state_dirs:
             shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -128,6 +139,7 @@ def main() -> int:
 
     print(f"# {platform.node()} {platform.release()}, node {args.node}, {args.rounds} rounds (+1 warm-up)")
     print(f"# pool before {start_pool} pages, after {end_pool} pages (other jobs may have changed it)")
+    print(f"# disturbed rounds (pool moved by other than the pages asked): {bench.disturbed}")
     managers = list(bench.pools)
     print(
         "| size | pages | raw sysfs (ms) | "
