@@ -283,15 +283,22 @@ def _job_public_key(config: SiteConfig, job_id: int) -> str:
 # ------------------------------------------------------------------------------------------ epilog
 
 
-def teardown(job_id: int | str, config: SiteConfig, env: Optional[Environment] = None) -> bool:
+def teardown(
+    job_id: int | str,
+    config: SiteConfig,
+    env: Optional[Environment] = None,
+    lock_timeout: Optional[float] = None,
+) -> bool:
     """Undo everything the job's state lists, then delete the state.  True if there was any state.
 
     Idempotent: a second run (or a run for a job this node never started) finds nothing and returns
     False.  Raises a VcError when an undo fails (e.g. libvirtd unreachable); what was undone so far
-    is forgotten and the rest stays recorded for the next attempt.
+    is forgotten and the rest stays recorded for the next attempt.  Waits up to ``lock_timeout``
+    (default: config.timeouts.lock) for a prolog holding the job's lock, then raises StateError.
     """
     env = env or Environment()
-    with locked_job(config.state_dir, job_id, create=False, timeout=config.timeouts.lock) as state:
+    timeout = config.timeouts.lock if lock_timeout is None else lock_timeout
+    with locked_job(config.state_dir, job_id, create=False, timeout=timeout) as state:
         if state is None:
             return False
         _undo_all(state, config, env)
