@@ -18,6 +18,7 @@ See :mod:`slurm_vc.sandbox.layout` for the base directory layout.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import pwd
@@ -158,10 +159,24 @@ class Sandbox:
         if not 1280 <= bridge_mtu <= 65520 or not 576 <= guest_mtu <= bridge_mtu:
             raise UsageError("need 1280 <= --mtu <= 65520 and 576 <= --guest-mtu <= --mtu")
         started = time.monotonic()
+        with self._locked():
+            self._up_locked(names, bridge_mtu, guest_mtu, user, libvirt, timeout, started)
+
+    def _up_locked(
+        self,
+        names: list[str],
+        bridge_mtu: int,
+        guest_mtu: int,
+        user: str,
+        libvirt: bool,
+        timeout: float,
+        started: float,
+    ) -> None:
+        nodes = len(names)
         if self.is_up() and self.state().data.get("nodes") == names:
             self._say(f"{self.layout.name} is already up with {nodes} node(s)")
             return
-        self.down(keep_logs=False)
+        self._down_locked(keep_logs=False)
         self._check_collisions()
         layout = self.layout
         for sub in ("etc", "bin", "log", "run", "munge", "ctld/state", "libvirt"):
@@ -187,7 +202,7 @@ class Sandbox:
             self._up(state, names, bridge_mtu, guest_mtu, user, libvirt, timeout)
         except BaseException:
             self._say("up failed; cleaning up (logs kept in " + str(layout.log) + ")")
-            self.down(keep_logs=True)
+            self._down_locked(keep_logs=True)
             raise
         state.set("complete", True)
         self._say(f"{layout.name} up: {nodes} node(s) in {time.monotonic() - started:.1f} s")
@@ -350,9 +365,9 @@ class Sandbox:
     def _setup_network(self, state: SandboxState, names: list[str], bridge_mtu: int) -> None:
         layout = self.layout
         state.add_to("links", layout.control_bridge)
-        net.add_bridge(layout.control_bridge, 1500, f"{layout.host_address}/24")
+        net.add_bridge(layout.control_bridge, 1500, layout.bridge_mac(1), f"{layout.host_address}/24")
         state.add_to("links", layout.fabric_bridge)
-        net.add_bridge(layout.fabric_bridge, bridge_mtu)
+        net.add_bridge(layout.fabric_bridge, bridge_mtu, layout.bridge_mac(2))
         for index, node in enumerate(names, start=1):
             netns = layout.netns(node)
             state.add_to("netns", netns)
@@ -364,6 +379,7 @@ class Sandbox:
                 fabric_veth=layout.fabric_veth(index),
                 fabric_bridge=layout.fabric_bridge,
                 guest_bridge=layout.guest_bridge,
+                guest_bridge_mac=layout.bridge_mac(3, index),
                 mtu=bridge_mtu,
             )
 
@@ -538,6 +554,8 @@ class Sandbox:
         """
         if not argv:
             raise UsageError("nothing to run: give a command after --")
+        if not self.layout.slurm_conf.exists():
+            raise UsageError(f"sandbox {self.layout.name!r} is not up: run `slurm-vc sandbox up` first")
         name = user or self.user
         try:
             entry = pwd.getpwnam(name)
@@ -636,6 +654,14 @@ class Sandbox:
     def down(self, keep_logs: bool = True) -> None:
         """Remove everything the sandbox made; idempotent, and works from a partial or lost state."""
         _require_root()
+        with self._locked():
+            self._down_locked(keep_logs)
+
+    def _locked(self):
+        """An exclusive flock on the sandbox's lock file: one up/down of a sandbox at a time."""
+        return _FileLock(self.layout.lock_file)
+
+    def _down_locked(self, keep_logs: bool) -> None:
         layout = self.layout
         state = SandboxState.load(layout.state_file)
         data = state.data
@@ -703,6 +729,23 @@ class Sandbox:
 
 
 # -- helpers used above (module level so tests can reach them) ---------------------------------------
+class _FileLock:
+    """``with _FileLock(path):`` holds an exclusive flock (released when the process dies, too)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> _FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
 def _quietly(function) -> None:
     try:
         function()

@@ -86,6 +86,11 @@ class SandboxLayout:
         return Path(self.root) / self.name
 
     @property
+    def lock_file(self) -> Path:
+        """Serialises up/down of one sandbox; outside the base dir, which down may delete."""
+        return Path(self.root) / f".{self.name}.lock"
+
+    @property
     def state_file(self) -> Path:
         return self.base / "state.json"
 
@@ -193,6 +198,10 @@ class SandboxLayout:
         return f"{self.name}-"
 
     # -- addresses -----------------------------------------------------------------------------
+    def bridge_mac(self, kind: int, index: int = 0) -> str:
+        """Fixed local MAC of bridge ``kind`` (1 control, 2 fabric, 3 guest) of node ``index``."""
+        return f"02:76:{self.octet:02x}:{kind:02x}:{index:02x}:00"
+
     @property
     def control_subnet(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(f"10.{self.octet}.0.0/24")

@@ -58,11 +58,14 @@ def netns_exists(name: str) -> bool:
     return os.path.exists(f"{NETNS_DIR}/{name}")
 
 
-def add_bridge(name: str, mtu: int, address: str | None = None) -> None:
-    """Create a host bridge (STP off, forward delay 0 so ports forward at once), set MTU, bring it up."""
+def add_bridge(name: str, mtu: int, mac: str, address: str | None = None) -> None:
+    """Create a host bridge (STP off, forward delay 0 so ports forward at once), set MTU, bring it up.
+
+    A fixed MAC: a bridge otherwise takes its lowest port's MAC, which changes as ports come and go.
+    """
     if not link_exists(name):
         ip("link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0")
-    ip("link", "set", name, "mtu", str(mtu))
+    ip("link", "set", name, "mtu", str(mtu), "address", mac)
     if address:
         ip("addr", "replace", address, "dev", name)
     ip("link", "set", name, "up")
@@ -105,6 +108,7 @@ def setup_node_network(
     fabric_veth: str,
     fabric_bridge: str,
     guest_bridge: str,
+    guest_bridge_mac: str,
     mtu: int,
 ) -> None:
     """Give node namespace ``netns`` its control interface and its guest bridge joined to the fabric."""
@@ -115,7 +119,7 @@ def setup_node_network(
     result = ip("link", "show", guest_bridge, netns=netns, check=False)
     if result.returncode != 0:
         ip("link", "add", guest_bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0", netns=netns)
-    ip("link", "set", guest_bridge, "mtu", str(mtu), netns=netns)
+    ip("link", "set", guest_bridge, "mtu", str(mtu), "address", guest_bridge_mac, netns=netns)
     ip("link", "set", "fab0", "master", guest_bridge, netns=netns)
     ip("link", "set", guest_bridge, "up", netns=netns)
 
