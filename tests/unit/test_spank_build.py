@@ -67,7 +67,7 @@ echo "$*" >> "{log}"
 case "$v" in
   good*) exit 0;;
   slow*) sleep 30;;
-  *) echo "slurm-vc validate-request: error: unknown image '$v' in --vcluster; available images: tiny" >&2; exit 2;;
+  *) echo "slurm-vc validate-request: error: unknown image '$v' in --vcluster" >&2; exit 2;;
 esac
 """
 
