@@ -61,7 +61,9 @@ from an earlier boot describes nothing and is dropped without touching the pools
 cannot be parsed and predates the current boot (a torn write at a power cut) is dropped likewise;
 one from the current boot is a StateError for the admin.
 
-Not covered: a *different* process writing sysfs directly between our read and our write; on hosts
+Not covered: a process writing sysfs directly (bypassing the manager) between our read and our
+write; a crashed reservation settled only after a manager with *another* ledger directory grew the
+same pool (the observation then includes that growth, still capped at ``S + asked``); on hosts
 with several NUMA nodes, the kernel's per-node write counts other nodes' surplus pages too, so
 while another node has surplus pages a grow may add a few more than asked (observed, so given back
 at release) and a shrink may leave a few behind; it never takes pages a job holds.
@@ -340,14 +342,14 @@ class HugepagePool:
                 return
             others = list(held.values())
             for node, entry in ledger.nodes.items():
-                held = sum(
+                held_by_others = sum(
                     other.nodes[node].added or 0
                     for other in others
                     if other.page_size == ledger.page_size and node in other.nodes
                 )
                 now = self._persistent(node, ledger.page_size)
                 entry.release_from = now
-                entry.release_target = release_target(now, entry.added or 0, held)
+                entry.release_target = release_target(now, entry.added or 0, held_by_others)
                 if entry.release_target > now - (entry.added or 0):
                     log.warning(
                         "hugepages: node %d: job %s added %d pages but only %d can go without touching"
