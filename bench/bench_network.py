@@ -18,14 +18,16 @@ installs them), joined by a veth "uplink".  Addresses, MACs and tap names come f
 - ``netns``: a network namespace per guest plugged in by a veth carrying the guest's tap name (the
   bridge, uplink and nftables path without a hypervisor).
 
-Tool: the tiny guest has no iperf3, so throughput is measured with the same tool everywhere:
-``dd if=/dev/zero bs=64k | nc`` into ``nc -l > /dev/null`` (busybox, on hosts too), timed on the
-sender with busybox ``time`` from connect until the receiver has read everything and closed.  iperf3 between the hosts is printed as a reference for the tool itself.
-Each measurement is a median over --reps runs; sizes are calibrated to take about --seconds each.
-Runs at MTU 1500 and at the largest MTU the testbed bridge allows (its ports' max_mtu, capped at
-the 65520 network.mtu allows).
+Tools: iperf3 everywhere (the tiny guest has no C library, so the benchmark appends iperf3 and the
+libraries it links to the guest's initramfs as a second archive), and busybox ``dd | nc`` into
+``nc -l | wc -c`` as a cross-check with the tools the guest already has, timed on the sender with
+busybox ``time`` from connect until the receiver has read everything and closed.  Each figure is a
+median over --reps runs.  MTUs: 1500 and the largest the testbed bridge allows (the smallest
+max_mtu of the bridge and its ports, tap included, capped at the 65520 network.mtu accepts); the
+guests boot again for each MTU, with the NIC's host_mtu set as libvirt's ``<mtu>`` does.
 
     sudo .venv/bin/python bench/bench_network.py [--guests qemu|netns|both] [--reps 3] [--seconds 3]
+        [--tools iperf3,nc] [--isolation on|off] [--mtus 1500,9000]
 """
 
 from __future__ import annotations
@@ -270,7 +272,8 @@ class Testbed:
             ]  # fmt: skip
             log = os.path.join(self.workdir, f"{guest.hostname}-{mtu}.log")
             argv = ns_cmd(
-                node_ns, "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "256",
+                node_ns, "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max",
+                "-smp", "1", "-m", "256",
                 "-nodefaults", "-no-user-config", "-display", "none", "-serial", f"file:{log}",
                 "-kernel", kernel, "-initrd", initrd, "-append", " ".join(params),
                 "-netdev", f"tap,id=n0,ifname={guest.tap},script=no,downscript=no",
@@ -353,6 +356,7 @@ def main() -> int:
     parser.add_argument("--tools", default="iperf3,nc", help="iperf3 and/or nc (busybox dd | nc)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of one transfer")
+    parser.add_argument("--isolation", choices=["on", "off"], default="on", help="the job's nftables rules")
     parser.add_argument("--mtus", default="", help="comma-separated MTUs (default: 1500 and the largest)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -370,7 +374,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="slurm-vc-bench-net-") as workdir:
         bed = Testbed(workdir)
         try:
-            bed.isolate()
+            if args.isolation == "on":
+                bed.isolate()
             mtus = [int(m) for m in args.mtus.split(",")] if args.mtus else [1500, bed.largest_mtu()]
             if "qemu" in kinds:
                 key = os.path.join(workdir, "id_ed25519")
@@ -397,7 +402,7 @@ def main() -> int:
         finally:
             bed.close()
     print(f"\n{os.cpu_count()} CPUs, kernel {os.uname().release}; median of {args.reps} x {args.seconds:g} s")
-    print("isolation rules on; guests: qemu = tiny guest under TCG, netns = namespace on a veth\n")
+    print(f"isolation rules {args.isolation}; guests: qemu = tiny guest under TCG, netns = namespace on a veth\n")
     print("| MTU   | path                                | tool   | throughput   | vs host |")
     print("|-------|-------------------------------------|--------|--------------|---------|")
     for mtu, path, tool, rate, ratio in rows:
