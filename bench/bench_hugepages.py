@@ -96,13 +96,15 @@ class Bench:
         return took
 
     def restore(self) -> None:
-        for pool in self.pools.values():
-            for ledger in pool.list_ledgers():
-                pool.release(ledger.job_id)
-        if self.raw_outstanding:
-            self.write(max(0, self.persistent() - self.raw_outstanding))
-        for state_dir in self.state_dirs:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        try:
+            for pool in self.pools.values():
+                for ledger in pool.list_ledgers():
+                    pool.release(ledger.job_id)
+            if self.raw_outstanding:
+                self.write(max(0, self.persistent() - self.raw_outstanding))
+        finally:
+            for state_dir in self.state_dirs:
+                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def main() -> int:
