@@ -4,7 +4,7 @@
 For 1, 4 and 8 GiB of 2M pages on one NUMA node, each round times
   raw:      write nr_hugepages = base + n, then nr_hugepages = current - n   (an admin's two echos)
   manager:  HugepagePool.reserve(job, 2M, {node: n}) then release(job) (lock, ledger, read-back)
-in three set-ups: ledgers on disk with fsync (the default), on disk without fsync, and on tmpfs
+in three set-ups: ledgers on disk with fsync, on disk without fsync (the default), and on tmpfs
 (where a ledger arguably belongs: a hugepage pool does not outlive a boot either).  The order
 rotates every round so page cache and compaction effects hit every variant alike; one warm-up round
 per size is discarded.
