@@ -380,6 +380,7 @@ class Sandbox:
                 fabric_bridge=layout.fabric_bridge,
                 guest_bridge=layout.guest_bridge,
                 guest_bridge_mac=layout.bridge_mac(3, index),
+                guest_bridge_address=layout.guest_host_address(index),
                 mtu=bridge_mtu,
             )
 

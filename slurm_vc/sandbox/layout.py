@@ -216,8 +216,17 @@ class SandboxLayout:
 
     @property
     def guest_subnet(self) -> str:
-        """Guest addresses (each job gets /24 blocks of it); never configured on the host."""
+        """network.subnet of the site configs: job blocks, plus block 0 for the nodes themselves."""
         return f"10.{self.octet}.128.0/17"
+
+    def guest_host_address(self, index: int) -> str:
+        """Node ``index``'s address (with the subnet's prefix) on its guest bridge.
+
+        docs/network.md: each node's bridge gets an address in the *host block* (block 0 of
+        network.subnet), so the node reaches its guests on-link (readiness, ssh from the job).
+        """
+        net = ipaddress.IPv4Network(self.guest_subnet)
+        return f"{net.network_address + index}/{net.prefixlen}"
 
     @property
     def sandbox_net(self) -> ipaddress.IPv4Network:

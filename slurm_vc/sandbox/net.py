@@ -4,6 +4,7 @@ Per node ``nodeI`` (namespace ``<name>-nodeI``)::
 
     host ns:  <name>-cbr (10.X.0.254/24) --- <name>-cI  ==veth==  eth0 (10.X.0.I/24)   :node ns
               <name>-fab (no address)    --- <name>-fI  ==veth==  fab0 --- <name>-gbr  :node ns
+                                                                  (10.X.128.I/17, the host block)
 
 The control network carries Slurm traffic.  The guest bridge ``<name>-gbr`` lives in each node's
 namespace because that node's libvirtd creates its guests' taps there; the host fabric bridge joins
@@ -109,6 +110,7 @@ def setup_node_network(
     fabric_bridge: str,
     guest_bridge: str,
     guest_bridge_mac: str,
+    guest_bridge_address: str,
     mtu: int,
 ) -> None:
     """Give node namespace ``netns`` its control interface and its guest bridge joined to the fabric."""
@@ -121,6 +123,7 @@ def setup_node_network(
         ip("link", "add", guest_bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0", netns=netns)
     ip("link", "set", guest_bridge, "mtu", str(mtu), "address", guest_bridge_mac, netns=netns)
     ip("link", "set", "fab0", "master", guest_bridge, netns=netns)
+    ip("addr", "replace", guest_bridge_address, "dev", guest_bridge, netns=netns)
     ip("link", "set", guest_bridge, "up", netns=netns)
 
 

@@ -15,6 +15,9 @@ from typing import Optional
 
 from .layout import NODE_CPUS, SLURMD_PORT, SandboxLayout
 
+PROLOG_TIMEOUT = 180  # seconds; slurm.conf PrologEpilogTimeout
+READY_TIMEOUT = 150.0  # seconds; the site config's timeouts.ready, below PROLOG_TIMEOUT
+
 
 @dataclass(frozen=True)
 class Hooks:
@@ -72,7 +75,11 @@ def render_slurm_conf(layout: SandboxLayout, nodes: Sequence[str], memory_mb: in
         "UnkillableStepTimeout=30",
         f"FirstJobId={layout.first_job_id}",
         "PrologFlags=Alloc,DeferBatch",
-        "PrologEpilogTimeout=120",
+        # Guests boot under TCG here, slowly on a loaded 2-core machine: the prolog's own readiness
+        # timeout (site config timeouts.ready) expires first, so it fails with its own message.
+        f"PrologEpilogTimeout={PROLOG_TIMEOUT}",
+        # A batch job whose prolog is still starting guests must not be declared missing (default 10 s).
+        f"BatchStartTimeout={PROLOG_TIMEOUT + 60}",
     ]
     if hooks.prolog:
         lines.append(f"Prolog={hooks.prolog}")
@@ -153,6 +160,7 @@ def site_config_mapping(layout: SandboxLayout, node: Optional[str], options: Sit
             "lock_memory": False,  # root lacks CAP_SYS_RESOURCE here
             "reserved_memory": "256M",
         },
+        "timeouts": {"ready": READY_TIMEOUT},
         "network": {
             "bridge": layout.guest_bridge,
             "mtu": options.guest_mtu,

@@ -15,6 +15,7 @@ from slurm_vc.errors import UsageError
 from slurm_vc.sandbox.cluster import catalog_images, find_hook_executables, hook_role, spank_args
 from slurm_vc.sandbox.layout import MAX_NODES, layout_for, node_memory_mb, node_names, validate_name
 from slurm_vc.sandbox.render import (
+    READY_TIMEOUT,
     Hooks,
     SiteOptions,
     render_hook_wrapper,
@@ -76,6 +77,15 @@ def test_subnets_are_private_disjoint_and_avoid_the_default_guest_subnet() -> No
     assert {layout.node_address(i) for i in range(1, MAX_NODES + 1)}.isdisjoint({layout.host_address})
 
 
+def test_node_addresses_on_the_guest_bridge_are_in_the_host_block() -> None:
+    layout = layout_for("vcsbx")
+    guests = ipaddress.IPv4Network(layout.guest_subnet)
+    host_block = next(guests.subnets(new_prefix=24))  # docs/network.md: block 0, never a job's
+    addresses = [ipaddress.IPv4Interface(layout.guest_host_address(i)) for i in range(1, MAX_NODES + 1)]
+    assert all(a.ip in host_block and a.network == guests for a in addresses)
+    assert len(set(addresses)) == MAX_NODES
+
+
 def test_different_names_usually_get_different_subnets_ports_and_job_ids() -> None:
     layouts = [layout_for(f"sb{i}") for i in range(20)]
     octets = {layout.octet for layout in layouts}
@@ -112,7 +122,11 @@ def test_slurm_conf_has_the_lines_the_project_relies_on() -> None:
     assert conf["PlugStackConfig"] == ["/p"]
     assert conf["PrologFlags"] == ["Alloc,DeferBatch"]  # Contain needs proctrack/cgroup
     assert conf["ProctrackType"] == ["proctrack/linuxproc"]
-    assert conf["PrologEpilogTimeout"] == ["120"]
+    prolog_timeout = int(conf["PrologEpilogTimeout"][0])
+    assert (
+        int(conf["BatchStartTimeout"][0]) > prolog_timeout
+    )  # else a batch job with a slow prolog is "missing"
+    assert READY_TIMEOUT < prolog_timeout  # the prolog's own timeout fires first, with its message
     assert conf["ReturnToService"] == ["2"]
     assert conf["SchedulerParameters"] == ["batch_sched_delay=0,sched_min_interval=0"]
     assert conf["AuthInfo"] == [f"socket={layout.munge_socket}"]
@@ -150,6 +164,7 @@ def test_site_configs_validate(node: str | None, tmp_path: Path) -> None:
     config = config_from_mapping(tomllib.loads(text), source="sandbox")
     assert config.host.domain_type == "qemu"
     assert config.host.lock_memory is False
+    assert config.timeouts.ready == READY_TIMEOUT
     assert config.host.hugepage_size == "2M"
     assert config.network.bridge == layout.guest_bridge
     assert config.network.subnet == layout.guest_subnet
