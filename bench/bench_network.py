@@ -52,7 +52,7 @@ from slurm_vc.network import JobNetwork, job_network
 ROOT = Path(__file__).resolve().parent.parent
 SUBNET = "10.232.0.0/16"  # this benchmark's own; tests use 10.231/16, the default is 10.96/12
 HOST_IPS = {"n1": "10.232.0.1", "n2": "10.232.0.2"}
-JOB = 4242
+JOBS = {"netns": 4242, "qemu": 4243}  # one job per guest kind, so both kinds run side by side
 PORT = 5001
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 TIME_RE = re.compile(r"real\s+(?:(\d+)m\s*)?([0-9.]+)s")  # busybox time: "real\t0m 3.45s"
@@ -131,12 +131,10 @@ def transfer(sender: Endpoint, receiver: Endpoint, nbytes: int) -> float:
     return count * 65536 / max(seconds, 0.01)
 
 
-def measure(sender: Endpoint, receiver: Endpoint, reps: int, seconds: float) -> tuple[float, int]:
-    """Median bytes/s over ``reps`` transfers sized to take about ``seconds``; and the size used."""
-    size = 16 << 20
-    rate = transfer(sender, receiver, size)  # calibration, discarded (also warms ARP and caches)
-    size = int(min(max(rate * seconds, 16 << 20), 16 << 30))
-    return statistics.median(transfer(sender, receiver, size) for _ in range(reps)), size
+def calibrate(sender: Endpoint, receiver: Endpoint, seconds: float) -> int:
+    """Bytes for one dd|nc transfer of about ``seconds`` (one 16 MiB probe; also warms ARP)."""
+    rate = transfer(sender, receiver, 16 << 20)
+    return int(min(max(rate * seconds, 16 << 20), 16 << 30))
 
 
 def iperf3(client: Endpoint, server: Endpoint, seconds: float) -> float:
@@ -165,20 +163,17 @@ def iperf3(client: Endpoint, server: Endpoint, seconds: float) -> float:
         )
 
 
-def measure_iperf3(client: Endpoint, server: Endpoint, reps: int, seconds: float) -> float:
-    """Median of ``reps`` iperf3 tests."""
-    return statistics.median(iperf3(client, server, seconds) for _ in range(reps))
-
-
 class Testbed:
-    """Two node namespaces with bridges and an uplink; guests added per MTU."""
+    """Two node namespaces with bridges and an uplink; each guest kind is one job, guests added per MTU."""
 
     def __init__(self, workdir: str):
         self.tag = uuid.uuid4().hex[:5]
         self.workdir = workdir
         self.nodes = {name: f"nwb{self.tag}{name}" for name in ("n1", "n2")}
         self.settings = NetworkSettings(bridge="vcbr0", subnet=SUBNET, block_prefix=24, mtu=1500)
-        self.network: JobNetwork = job_network(JOB, ["n1", "n2"], self.settings)
+        self.networks: dict[str, JobNetwork] = {
+            kind: job_network(job, ["n1", "n2"], self.settings) for kind, job in JOBS.items()
+        }
         self.guest_ns: list[str] = []
         self.qemus: list[subprocess.Popen] = []
         for node, ns in self.nodes.items():
@@ -217,12 +212,14 @@ class Testbed:
 
     def isolate(self) -> None:
         for node, ns in self.nodes.items():
-            netdev.apply_isolation(self.network, node, netns=ns)
+            for network in self.networks.values():
+                netdev.apply_isolation(network, node, netns=ns)
 
     # --- guests
     def netns_guests(self, mtu: int) -> list[Endpoint]:
+        network = self.networks["netns"]
         guests = []
-        for guest in self.network.guests:
+        for guest in network.guests:
             ns = f"nwb{self.tag}g{guest.index}"
             node_ns = self.nodes[guest.node]
             run(["ip", "netns", "add", ns])
@@ -248,7 +245,7 @@ class Testbed:
             run(ns_cmd(node_ns, "ip", "link", "set", guest.tap, "master", "vcbr0", "up"))
             run(ns_cmd(ns, "ip", "link", "set", "lo", "up"))
             run(ns_cmd(ns, "ip", "link", "set", "eth0", "address", guest.mac, "mtu", str(mtu), "up"))
-            run(ns_cmd(ns, "ip", "addr", "add", f"{guest.ip}/{self.network.prefixlen}", "dev", "eth0"))
+            run(ns_cmd(ns, "ip", "addr", "add", f"{guest.ip}/{network.prefixlen}", "dev", "eth0"))
             guests.append(
                 Endpoint(f"netns guest {guest.hostname}", ns, guest.ip, applet_prefix=f"{BUSYBOX} ")
             )
@@ -256,17 +253,18 @@ class Testbed:
 
     def qemu_guests(self, mtu: int, kernel: str, initrd: str, key: str) -> list[Endpoint]:
         pub = Path(key + ".pub").read_text().split()
+        network = self.networks["qemu"]
         guests = []
-        for guest in self.network.guests:
+        for guest in network.guests:
             node_ns = self.nodes[guest.node]
             run(ns_cmd(node_ns, "ip", "tuntap", "add", "dev", guest.tap, "mode", "tap"))
             run(ns_cmd(node_ns, "ip", "link", "set", guest.tap, "mtu", str(mtu), "master", "vcbr0", "up"))
-            peers = [p for p in self.network.guests if p is not guest]
+            peers = [p for p in network.guests if p is not guest]
             params = [
                 "console=ttyS0", "quiet",
-                f"vc.hostname={guest.hostname}", f"vc.ip={guest.ip}/{self.network.prefixlen}",
+                f"vc.hostname={guest.hostname}", f"vc.ip={guest.ip}/{network.prefixlen}",
                 f"vc.mac={guest.mac}", f"vc.mtu={mtu}", "vc.user=root",
-                "vc.hosts=" + ",".join(f"{g.ip}:{g.hostname}" for g in self.network.guests),
+                "vc.hosts=" + ",".join(f"{g.ip}:{g.hostname}" for g in network.guests),
                 "vc.arp=" + ",".join(f"{p.ip}@{p.mac}" for p in peers),
                 f"vc.keys={pub[0]}:{pub[1]}",
             ]  # fmt: skip
@@ -301,13 +299,15 @@ class Testbed:
         for ns in self.guest_ns:
             run(["ip", "netns", "del", ns], check=False)
         self.guest_ns.clear()
-        for guest in self.network.guests:
-            run(ns_cmd(self.nodes[guest.node], "ip", "link", "del", guest.tap), check=False)
+        for network in self.networks.values():
+            for guest in network.guests:
+                run(ns_cmd(self.nodes[guest.node], "ip", "link", "del", guest.tap), check=False)
 
     def close(self) -> None:
         self.remove_guests()
         for ns in self.nodes.values():
-            netdev.remove_isolation(JOB, netns=ns)
+            for job in JOBS.values():
+                netdev.remove_isolation(job, netns=ns)
             run(["ip", "netns", "del", ns], check=False)
 
 
@@ -365,11 +365,6 @@ def main() -> int:
     kinds = ["netns", "qemu"] if args.guests == "both" else [args.guests]
     tools = [tool for tool in args.tools.split(",") if tool]
 
-    def measure_with(tool: str, sender: Endpoint, receiver: Endpoint) -> float:
-        if tool == "iperf3":
-            return measure_iperf3(sender, receiver, args.reps, args.seconds)
-        return measure(sender, receiver, args.reps, args.seconds)[0]
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="slurm-vc-bench-net-") as workdir:
         bed = Testbed(workdir)
@@ -383,26 +378,40 @@ def main() -> int:
                 kernel, initrd = tiny_guest(workdir)
             for mtu in mtus:
                 bed.set_mtu(mtu)
-                baseline = {}
-                for tool in tools:
-                    baseline[tool] = measure_with(tool, bed.hosts["n1"], bed.hosts["n2"])
-                    rows.append((mtu, "host n1 -> host n2 (baseline)", tool, baseline[tool], 1.0))
+                paths = {"host n1 -> host n2 (baseline)": (bed.hosts["n1"], bed.hosts["n2"])}
                 for kind in kinds:
-                    if kind == "netns":
-                        guests = bed.netns_guests(mtu)
-                    else:
-                        guests = bed.qemu_guests(mtu, kernel, initrd, key)
-                    for tool in tools:
-                        rate = measure_with(tool, guests[0], guests[1])
-                        rows.append(
-                            (mtu, f"{kind} guest n1 -> {kind} guest n2", tool, rate, rate / baseline[tool])
-                        )
-                    bed.remove_guests()
+                    guests = (
+                        bed.netns_guests(mtu)
+                        if kind == "netns"
+                        else bed.qemu_guests(mtu, kernel, initrd, key)
+                    )
+                    paths[f"{kind} guest n1 -> {kind} guest n2"] = (guests[0], guests[1])
+                # Rounds interleave the paths, so load from elsewhere on the machine hits them alike.
+                sizes = (
+                    {name: calibrate(*pair, args.seconds) for name, pair in paths.items()}
+                    if "nc" in tools
+                    else {}
+                )
+                samples: dict[tuple[str, str], list[float]] = {}
+                for _ in range(args.reps):
+                    for name, (sender, receiver) in paths.items():
+                        for tool in tools:
+                            if tool == "iperf3":
+                                rate = iperf3(sender, receiver, args.seconds)
+                            else:
+                                rate = transfer(sender, receiver, sizes[name])
+                            samples.setdefault((name, tool), []).append(rate)
+                bed.remove_guests()
+                for tool in tools:
+                    base = statistics.median(samples[(next(iter(paths)), tool)])
+                    for name in paths:
+                        rate = statistics.median(samples[(name, tool)])
+                        rows.append((mtu, name, tool, rate, rate / base))
                 print(f"MTU {mtu} done", file=sys.stderr, flush=True)
         finally:
             bed.close()
     print(f"\n{os.cpu_count()} CPUs, kernel {os.uname().release}; median of {args.reps} x {args.seconds:g} s")
-    print(f"isolation rules {args.isolation}; guests: qemu = tiny guest under TCG, netns = namespace on a veth\n")
+    print(f"isolation rules {args.isolation}; qemu = tiny guest (TCG), netns = namespace on a veth\n")
     print("| MTU   | path                                | tool   | throughput   | vs host |")
     print("|-------|-------------------------------------|--------|--------------|---------|")
     for mtu, path, tool, rate, ratio in rows:
