@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 COMMENT_LIMIT = 500  # characters of reason put into the job's Comment
@@ -41,7 +42,19 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.environ.get("SPANK_VCLUSTER"):
         return 0  # not a --vcluster job
+    signal.signal(signal.SIGTERM, _terminated)
     return prolog(job_facts_from_env(), args.config)
+
+
+def _terminated(signum, frame) -> None:
+    """Slurm sends SIGTERM when PrologEpilogTimeout expires: unwind (undoing what was made) with a reason."""
+    from ..errors import HostError
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise HostError(
+        "the prolog was terminated (SIGTERM) before the guest was ready: PrologEpilogTimeout in "
+        "slurm.conf must be longer than timeouts.ready in the site config"
+    )
 
 
 def _vcpus_per_node(facts, request, topology, local_vcpus: int) -> dict[str, int]:
