@@ -57,7 +57,10 @@ def create_overlay(
         raise ImageError(f"image format {base_format!r} is not supported; use one of {allowed}")
     base = check_base_image(base_image)
     target = overlay_path(job_dir, name)
-    Path(job_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(job_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HostError(f"cannot create overlay {target}: cannot make {job_dir}: {exc.strerror}") from None
     command = [qemu_img, "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(target)]
     try:
         result = subprocess.run(command, capture_output=True, text=True)

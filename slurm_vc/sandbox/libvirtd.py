@@ -126,6 +126,8 @@ class PrivateLibvirtd:
         """Start the daemons (if not running) and return the URI.  Raises HostError on failure."""
         if self.running:
             return self.uri
+        if self.netns and not os.path.exists(f"/run/netns/{self.netns}"):
+            raise HostError(f"network namespace {self.netns!r} does not exist (/run/netns/{self.netns})")
         self.stop()  # leftovers of an earlier, crashed instance
         for sub in ("logs", "etc", *PRIVATE_DIRS):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -135,15 +137,16 @@ class PrivateLibvirtd:
         )
         # QEMU runs as libvirt-qemu on Debian and must reach the hugetlbfs mounts below self.dir.
         os.chmod(self.dir, 0o755)
-        _check_traversable(self.dir)
+        try:
+            _check_traversable(self.dir)
+        except HostError:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
         command = [sys.executable, "-m", "slurm_vc.sandbox.libvirtd", "supervise", str(self.dir)]
         command = ["unshare", "--mount", "--propagation", "private", "--", *command]
         if self.netns:
-            netns_path = f"/run/netns/{self.netns}"
-            if not os.path.exists(netns_path):
-                raise HostError(f"network namespace {self.netns!r} does not exist ({netns_path})")
-            command = ["nsenter", f"--net={netns_path}", "--", *command]
+            command = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *command]
         env = dict(os.environ)
         # The supervisor imports this package; make sure it finds the same copy we run from.
         package_root = str(Path(__file__).resolve().parents[2])

@@ -185,7 +185,7 @@ def node_config(node_libvirtd, tiny_guest, base_disk, qemu_tmp_path):
                 "reserved_cores": 1,
             },
             "network": {"bridge": NODE_BRIDGE, "subnet": NODE_SUBNET, "isolation": "nftables"},
-            "timeouts": {"ready": 90, "lock": 10},
+            "timeouts": {"ready": 180, "lock": 10},
             "images": {
                 "tiny": {**guest, "seed": "both"},
                 "tinydisk": {**guest, "seed": "both", "disk": base_disk},
