@@ -602,11 +602,10 @@ class Sandbox:
             time.sleep(0.2)
 
     def _gc_nodes(self, names: list[str]) -> None:
-        """Run ``slurm-vc gc`` for every node whose state dir holds anything (in its namespace)."""
+        """Run ``slurm-vc gc`` for every node whose state dir holds a job's leftovers (in its namespace)."""
         threads = []
         for node in names:
-            state_dir = self.layout.node_state_dir(node)
-            if not state_dir.is_dir() or not any(state_dir.iterdir()):
+            if not _has_job_state(self.layout.node_state_dir(node)):
                 continue
             env = {**self._daemon_env(), "SLURM_VC_CONFIG": str(self.layout.node_config(node))}
             env["SLURMD_NODENAME"] = node
@@ -674,7 +673,7 @@ class Sandbox:
         #    no job is live.  Skipped (fast) when no job ever ran or slurmctld is gone.
         ctld = recorded.get("slurmctld")
         if ctld is not None and procs.alive(ctld):
-            self._cancel_all_jobs(timeout=30)
+            self._cancel_all_jobs(timeout=10)
             self._gc_nodes(list(data.get("nodes", [])))
 
         # 2. No new jobs, prologs or epilogs: stop slurmd and slurmctld.
@@ -696,6 +695,8 @@ class Sandbox:
                 threads.append(thread)
             for thread in threads:
                 thread.join()
+
+        _crash_point("down-libvirt")
 
         # 4. Whatever still runs in a node namespace (slurmstepd, job tasks, prolog helpers).
         for netns in netns_names:
@@ -745,6 +746,15 @@ class _FileLock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def _has_job_state(state_dir: Path) -> bool:
+    """Does a node's slurm-vc state dir hold anything of a job (state, published env, a ledger)?"""
+    for sub in ("jobs", "jobenv"):
+        folder = state_dir / sub
+        if folder.is_dir() and any(folder.iterdir()):
+            return True
+    return any((state_dir / "hugepages").glob("*.json"))
 
 
 def _quietly(function) -> None:

@@ -255,6 +255,15 @@ def test_up_after_interrupted_up(own_sandbox: str, step: str) -> None:
     assert not any(leftovers(NAME).values())
 
 
+def test_down_after_interrupted_down(own_sandbox: str) -> None:
+    assert cli("up", "--name", NAME, "--nodes", "2").returncode == 0
+    crashed = cli("down", "--name", NAME, env={**os.environ, CRASH_ENV: "down-libvirt"})
+    assert crashed.returncode == -9  # killed after the guests and libvirtds, before namespaces and Slurm
+    assert net.netns_list(layout_for(NAME).netns_prefix)
+    assert cli("down", "--name", NAME).returncode == 0
+    assert not any(leftovers(NAME).values())
+
+
 def test_down_after_interrupted_up_and_lost_state(own_sandbox: str) -> None:
     """Even without state.json, down finds the daemons, namespaces and links by their names."""
     crashed = cli("up", "--name", NAME, "--nodes", "2", env={**os.environ, CRASH_ENV: "slurmd"})
