@@ -60,6 +60,7 @@ class NodeRecord:
     local: dict = field(default_factory=dict)  # latest published local guest state
     first_seen: Optional[float] = None
     teardown_done: Optional[float] = None
+    domain_xml: Optional[str] = None  # the guest's libvirt XML (the benchmark's plain-QEMU baseline)
 
     def to_json(self) -> dict:
         return {
@@ -68,6 +69,7 @@ class NodeRecord:
             "local": self.local,
             "first_seen": self.first_seen,
             "teardown_done": self.teardown_done,
+            "domain_xml": self.domain_xml,
         }
 
     @classmethod
@@ -78,6 +80,7 @@ class NodeRecord:
             local=dict(data.get("local") or {}),
             first_seen=data.get("first_seen"),
             teardown_done=data.get("teardown_done"),
+            domain_xml=data.get("domain_xml"),
         )
 
     def times(self) -> timeline.NodeTimes:
@@ -120,6 +123,8 @@ class JobWatcher:
                 view = _read_json(env_dir / "guests.json")
                 if view and isinstance(view.get("local"), dict):
                     record.local = view["local"]
+                if record.domain_xml is None and (job_dir / "domain.xml").exists():
+                    record.domain_xml = read_text(job_dir / "domain.xml") or None
                 record.teardown_done = None  # back again (a requeued job's new prolog)
             elif record.first_seen is not None and record.teardown_done is None:
                 record.teardown_done = now
@@ -205,6 +210,7 @@ def job_times(
     return timeline.JobTimes(
         job_id=str(job_id),
         submit=submit,
+        queued=events.get("submit"),
         allocated=events.get("allocated"),
         script_start=marks.get("script_start"),
         script_end=marks.get("script_end"),

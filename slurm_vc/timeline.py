@@ -2,7 +2,9 @@
 
 The milestones of one job, in order (epoch seconds; the per-node ones have one value per node)::
 
-    submit         sbatch was called (the caller's clock), else slurmctld's submit log line
+    submit         sbatch was called (the caller's clock)
+    queued         slurmctld accepted the job (its log line "_slurm_rpc_submit_batch_job JobId=...");
+                   for --vcluster this includes the SPANK plugin's submit-time validation in sbatch
     allocated      slurmctld allocated the nodes (its log line "sched: Allocate JobId=...")
     prolog start   per node: the slurm-vc prolog began work (published "starting")
     guest started  per node: libvirt started the domain (the prolog's "domain" step done)
@@ -34,6 +36,7 @@ from typing import Optional
 # (key, label, per_node) in time order.  Keys are attribute names of JobTimes / NodeTimes.
 MILESTONES: tuple[tuple[str, str, bool], ...] = (
     ("submit", "submit", False),
+    ("queued", "queued", False),
     ("allocated", "nodes allocated", False),
     ("prolog_start", "prolog start", True),
     ("guest_started", "guest started", True),
@@ -68,6 +71,7 @@ class JobTimes:
 
     job_id: str
     submit: float
+    queued: Optional[float] = None
     allocated: Optional[float] = None
     script_start: Optional[float] = None
     script_end: Optional[float] = None

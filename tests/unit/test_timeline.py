@@ -26,7 +26,13 @@ def three_nodes() -> JobTimes:
         for i in range(3)
     )
     return JobTimes(
-        "42", submit=T0, allocated=T0 + 0.03, script_start=T0 + 6.1, script_end=T0 + 11.0, nodes=nodes
+        "42",
+        submit=T0,
+        queued=T0 + 0.01,
+        allocated=T0 + 0.03,
+        script_start=T0 + 6.1,
+        script_end=T0 + 11.0,
+        nodes=nodes,
     )
 
 
@@ -41,6 +47,7 @@ def test_rows_follow_milestone_order_with_offsets_from_submit():
     rows = timeline.phase_rows(three_nodes())
     assert [r.key for r in rows] == [
         "submit",
+        "queued",
         "allocated",
         "prolog_start",
         "guest_started",
@@ -88,7 +95,7 @@ def test_missing_milestones_are_skipped_and_the_next_phase_spans_them():
     assert rows[1].since == "submit"
     assert rows[1].duration == Range(2.5, 2.5)
     text = timeline.format_table(job)
-    assert "not observed: nodes allocated, prolog start" in text
+    assert "not observed: queued, nodes allocated, prolog start" in text
 
 
 def test_node_missing_one_milestone_does_not_break_the_others():
@@ -299,8 +306,12 @@ def test_job_times_assembles_every_source():
         T0,
         records,
         output_text=f"SCRIPT_START {T0 + 5}\nSCRIPT_END {T0 + 6}\n",
-        ctld_log_text=f"[{stamp}] sched: Allocate JobId=12 NodeList=node1 #CPUs=1 Partition=vc\n",
+        ctld_log_text=(
+            f"[{stamp}] _slurm_rpc_submit_batch_job: JobId=12 InitPrio=1 usec=9\n"
+            f"[{stamp}] sched: Allocate JobId=12 NodeList=node1 #CPUs=1 Partition=vc\n"
+        ),
     )
+    assert job.queued == pytest.approx(T0 + 0.04, abs=1e-3)
     assert job.allocated == pytest.approx(T0 + 0.04, abs=1e-3)
     assert (job.script_start, job.script_end) == (T0 + 5, T0 + 6)
     assert [n.node for n in job.nodes] == ["node1"]
