@@ -1,0 +1,111 @@
+"""Readiness probes and the bounded wait, with a fake hypervisor (no libvirt needed)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from slurm_vc.config import Readiness
+from slurm_vc.errors import GuestNotReadyError
+from slurm_vc.readiness import SerialProbe, TcpProbe, make_probe, wait_ready
+
+
+class FakeHypervisor:
+    def __init__(self, running=True):
+        self.running = running
+
+    def is_running(self, name):
+        return self.running
+
+    def console_tail(self, name, lines=20):
+        return ""
+
+
+def test_serial_probe_reads_a_growing_file(tmp_path):
+    channel = tmp_path / "ready.log"
+    probe = SerialProbe("SLURM-VC-READY", str(channel), None)
+    assert not probe.poll()  # file not there yet
+    channel.write_text("booting\nSLURM-VC-")
+    assert not probe.poll()
+    with open(channel, "a") as handle:
+        handle.write("READY vc1-0\n")
+    assert probe.poll()
+
+
+def test_serial_probe_falls_back_to_the_console_log(tmp_path):
+    console = tmp_path / "console.log"
+    console.write_text("[    1.0] kernel\nSLURM-VC-READY vc1-0\n")
+    probe = SerialProbe("SLURM-VC-READY", str(tmp_path / "missing"), str(console))
+    assert probe.poll()
+
+
+def test_serial_probe_reads_a_unix_socket(tmp_path):
+    path = str(tmp_path / "ready.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    probe = SerialProbe("SLURM-VC-READY", path, None)
+
+    def guest():
+        conn, _ = server.accept()
+        conn.sendall(b"SLURM-VC-READY vc2-0\n")
+        conn.close()
+
+    thread = threading.Thread(target=guest)
+    thread.start()
+    try:
+        found = False
+        for _ in range(200):
+            if probe.poll():
+                found = True
+                break
+            threading.Event().wait(0.01)
+        assert found
+    finally:
+        probe.close()
+        thread.join(5)
+        server.close()
+
+
+def test_tcp_probe():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    assert TcpProbe("127.0.0.1", port).poll()
+    server.close()
+    assert not TcpProbe("127.0.0.1", port).poll()
+
+
+def test_make_probe_choices(tmp_path):
+    hv = FakeHypervisor()
+    assert isinstance(make_probe(Readiness(probe="serial"), hv, "g", ready_channel="x"), SerialProbe)
+    assert isinstance(make_probe(Readiness(probe="tcp"), hv, "g", address="10.0.0.1"), TcpProbe)
+    with pytest.raises(ValueError):
+        make_probe(Readiness(probe="tcp"), hv, "g")
+
+
+def test_wait_ready_returns_elapsed_time(tmp_path):
+    channel = tmp_path / "ready.log"
+    channel.write_text("SLURM-VC-READY x\n")
+    seconds = wait_ready(FakeHypervisor(), "g", Readiness(), 5, ready_channel=str(channel))
+    assert seconds >= 0
+
+
+def test_wait_ready_timeout_carries_the_console_tail(tmp_path):
+    console = tmp_path / "console.log"
+    console.write_text("".join(f"line {i}\n" for i in range(100)) + "Kernel panic - not syncing\n")
+    with pytest.raises(GuestNotReadyError) as failure:
+        wait_ready(FakeHypervisor(), "vc-1-n", Readiness(), 0.3, console_log=str(console))
+    message = str(failure.value)
+    assert "vc-1-n was not ready after 0 s" in message
+    assert "Kernel panic - not syncing" in message
+    assert "line 99" in message and "line 80" not in message  # only the tail (20 lines)
+    assert failure.value.user_fault  # an image that does not boot must not drain the node
+
+
+def test_wait_ready_fails_fast_when_the_guest_stops(tmp_path):
+    with pytest.raises(GuestNotReadyError, match="stopped before it became ready.*console log is empty"):
+        wait_ready(FakeHypervisor(running=False), "g", Readiness(), 60, console_log=str(tmp_path / "none"))
