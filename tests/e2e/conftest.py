@@ -83,6 +83,15 @@ class SandboxHandle:
         """The node's site config (vcluster-<node>.toml): libvirt_uri, state_dir, bridge, images."""
         return self.sandbox.layout.node_config(node)
 
+    @property
+    def layout(self):
+        """slurm_vc.sandbox.layout.SandboxLayout: every path, name and address of the sandbox."""
+        return self.sandbox.layout
+
+    def node_state_dir(self, node: str) -> Path:
+        """The node's slurm-vc state_dir (per-job state, overlays, hugepage ledgers, jobenv)."""
+        return self.sandbox.layout.node_state_dir(node)
+
     def libvirt_uri(self, node: str) -> str:
         return self.sandbox.layout.libvirt_uri(node)
 
