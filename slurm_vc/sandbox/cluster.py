@@ -730,6 +730,39 @@ class Sandbox:
                     entry.unlink(missing_ok=True)
 
 
+def free_name(prefix: str, root: str = DEFAULT_ROOT, seed: Optional[int] = None) -> str:
+    """A sandbox name ``<prefix><digits>`` whose subnet and slurmctld port nothing on this machine uses.
+
+    For tests and benchmarks that run next to other sandboxes: names derive subnets from a hash with
+    50 values, so a fixed name can collide with a sandbox someone else has up.
+    """
+    width = 8 - len(prefix)
+    if width < 1:
+        raise UsageError(f"prefix {prefix!r} leaves no room for digits in an 8-character name")
+    taken = set()
+    root_dir = Path(root)
+    if root_dir.is_dir():
+        for entry in root_dir.iterdir():
+            state = SandboxState.load(entry / "state.json").data
+            if state.get("octet") and state.get("procs"):
+                taken.add(int(state["octet"]))
+    used = [ipaddress.IPv4Interface(address) for _, address in net.addresses_in_use()]
+    start = os.getpid() if seed is None else seed
+    for step in range(500):
+        name = f"{prefix}{(start + step) % 10**width}"
+        layout = layout_for(name, root)
+        if layout.octet in taken or any(a.ip in layout.sandbox_net for a in used):
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", layout.ctld_port))
+            except OSError:
+                continue
+        return name
+    raise HostError(f"no free sandbox subnet for prefix {prefix!r}: too many sandboxes are up")
+
+
 # -- helpers used above (module level so tests can reach them) ---------------------------------------
 class _FileLock:
     """``with _FileLock(path):`` holds an exclusive flock (released when the process dies, too)."""

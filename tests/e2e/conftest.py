@@ -10,8 +10,11 @@ Use it in any e2e test::
         result = sandbox.exec(["srun", "-N3", "hostname"])    # CompletedProcess, text, captured
         sandbox.exec("scontrol show nodes", user="root")      # a string runs through /bin/sh -c
 
-The sandbox is named ``vce2e`` (its own subnet, ports and job ids: it does not disturb a ``vcsbx``
-sandbox someone is using for a demo).  Set ``SLURM_VC_E2E_KEEP=1`` to leave it up after the session.
+The sandbox is named ``ve<digits>``, picked so that its subnet, port and job ids collide with no other
+sandbox up on the machine (a demo, another test session).  Set ``SLURM_VC_E2E_NAME`` to use a fixed
+name, and ``SLURM_VC_E2E_KEEP=1`` to leave it up after the session.  A session killed before its
+teardown leaves its sandbox up; the next session takes it down (sandboxes are claimed with an owner
+file holding the session's PID).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Optional, Union
 
 import pytest
 
-E2E_NAME = "vce2e"
+E2E_PREFIX = "ve"
 E2E_NODES = 3
 TERMINAL_STATES = {
     "COMPLETED",
@@ -148,6 +151,70 @@ class SandboxHandle:
                 self.exec(["scontrol", "update", f"nodename={node}", "state=resume"], user="root")
 
 
+def _owner_file(root: str, name: str) -> Path:
+    return Path(root) / f".{name}.owner"
+
+
+def reap_stale_sandboxes(prefix: str) -> None:
+    """Take down sandboxes named ``<prefix>*`` whose claiming test session is gone."""
+    from slurm_vc.sandbox import procs
+    from slurm_vc.sandbox.cluster import Sandbox
+    from slurm_vc.sandbox.layout import DEFAULT_ROOT, NAME_RE
+
+    root = Path(DEFAULT_ROOT)
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        name = entry.name
+        if not entry.is_dir() or not name.startswith(prefix) or not NAME_RE.match(name):
+            continue
+        owner = _owner_file(DEFAULT_ROOT, name)
+        try:
+            pid, start = (int(x) for x in owner.read_text().split())
+            if procs.alive(procs.ProcRef(pid, start)):
+                continue  # another live session's sandbox
+        except (OSError, ValueError):
+            pass
+        Sandbox(name, quiet=True).down(keep_logs=False)
+        owner.unlink(missing_ok=True)
+
+
+def claim_sandbox_name(prefix: str) -> str:
+    """A free sandbox name ``<prefix><digits>`` owned by this test process until released."""
+    from slurm_vc.sandbox import procs
+    from slurm_vc.sandbox.cluster import free_name
+    from slurm_vc.sandbox.layout import DEFAULT_ROOT
+
+    reap_stale_sandboxes(prefix)
+    name = free_name(prefix)
+    me = procs.ref_of(os.getpid())
+    owner = _owner_file(DEFAULT_ROOT, name)
+    owner.parent.mkdir(parents=True, exist_ok=True)
+    owner.write_text(f"{me.pid} {me.start}\n")
+    return name
+
+
+def release_sandbox_name(name: str) -> None:
+    from slurm_vc.sandbox.layout import DEFAULT_ROOT
+
+    _owner_file(DEFAULT_ROOT, name).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox_names():
+    """``claim(prefix) -> name``: free sandbox names for tests that bring up their own sandbox."""
+    claimed: list[str] = []
+
+    def claim(prefix: str) -> str:
+        name = claim_sandbox_name(prefix)
+        claimed.append(name)
+        return name
+
+    yield claim
+    for name in claimed:
+        release_sandbox_name(name)
+
+
 @pytest.fixture
 def require_sandbox() -> None:
     """Skip the test when a sandbox cannot run on this machine (not root, Slurm/munge missing)."""
@@ -164,10 +231,17 @@ def sandbox():
         pytest.skip(reason)
     from slurm_vc.sandbox.cluster import Sandbox
 
-    cluster = Sandbox(E2E_NAME, quiet=True)
-    cluster.up(nodes=E2E_NODES)
+    fixed = os.environ.get("SLURM_VC_E2E_NAME")
+    name = fixed or claim_sandbox_name(E2E_PREFIX)
+    cluster = Sandbox(name, quiet=True)
+    try:
+        cluster.up(nodes=E2E_NODES)
+    except BaseException:
+        if not fixed:
+            release_sandbox_name(name)
+        raise
     handle = SandboxHandle(
-        name=E2E_NAME,
+        name=name,
         base=cluster.layout.base,
         nodes=cluster.nodes,
         user=cluster.user,
@@ -179,3 +253,5 @@ def sandbox():
     finally:
         if not os.environ.get("SLURM_VC_E2E_KEEP"):
             cluster.down()
+            if not fixed:
+                release_sandbox_name(name)

@@ -1,7 +1,7 @@
 """The sandbox cluster itself, through the ``slurm-vc sandbox`` CLI: up, jobs, status, exec, down, re-up.
 
-These tests bring up their own sandbox (``vcsbt``) next to the session one (``vce2e``), which also
-shows two sandboxes coexist.
+These tests bring up their own sandbox (``vt<digits>``, a free name) next to the session one
+(``ve<digits>``), which also shows two sandboxes coexist.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from slurm_vc.sandbox.layout import layout_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("require_sandbox")]
 
-NAME = "vcsbt"
 QEMU_COMM = "qemu-system-x86"  # /proc/PID/comm is cut at 15 characters
 SLURM_VC = str(Path(sys.executable).parent / "slurm-vc")
 
@@ -32,9 +31,33 @@ def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess
     )
 
 
-def sb_exec(*argv: str, user: str | None = None) -> subprocess.CompletedProcess:
-    extra = ["--user", user] if user else []
-    return cli("exec", "--name", NAME, *extra, "--", *argv)
+class SandboxCli:
+    """``slurm-vc sandbox ACTION --name NAME ...`` for the test's own sandbox."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def layout(self):
+        return layout_for(self.name)
+
+    def cli(self, action: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return cli(action, "--name", self.name, *args, env=env)
+
+    def exec(self, *argv: str, user: str | None = None) -> subprocess.CompletedProcess:
+        extra = ["--user", user] if user else []
+        return self.cli("exec", *extra, "--", *argv)
+
+    def wait_job(self, job_id: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.exec("scontrol", "show", "job", "-o", job_id, user="root")
+            fields = dict(part.split("=", 1) for part in result.stdout.split() if "=" in part)
+            state = fields.get("JobState", "")
+            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+                return state
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
 def leftovers(name: str) -> dict[str, list]:
@@ -55,18 +78,6 @@ def leftovers(name: str) -> dict[str, list]:
         if not any(found.values()) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
-
-
-def wait_job(job_id: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = sb_exec("scontrol", "show", "job", "-o", job_id, user="root")
-        fields = dict(part.split("=", 1) for part in result.stdout.split() if "=" in part)
-        state = fields.get("JobState", "")
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
 DOMAIN_XML = """
@@ -104,52 +115,53 @@ def start_test_domain(layout, node: str) -> str:
 
 
 @pytest.fixture
-def own_sandbox():
-    """Make sure ``vcsbt`` is down before and after the test, whatever happens."""
-    Sandbox(NAME, quiet=True).down()
-    yield NAME
-    Sandbox(NAME, quiet=True).down()
+def sb(sandbox_names) -> SandboxCli:
+    """The test's own sandbox (a free name for this session), down before and after the test."""
+    name = sandbox_names("vt")
+    Sandbox(name, quiet=True).down()
+    yield SandboxCli(name)
+    Sandbox(name, quiet=True).down()
 
 
-def test_up_jobs_status_exec_down(own_sandbox: str) -> None:
-    up = cli("up", "--name", NAME, "--nodes", "3")
+def test_up_jobs_status_exec_down(sb: SandboxCli) -> None:
+    up = sb.cli("up", "--nodes", "3")
     assert up.returncode == 0, up.stderr
-    assert f"SLURM_CONF={layout_for(NAME).slurm_conf}" in up.stdout
+    assert f"SLURM_CONF={sb.layout.slurm_conf}" in up.stdout
 
-    sinfo = sb_exec("sinfo", "-h", "-N", "-o", "%N %T")
+    sinfo = sb.exec("sinfo", "-h", "-N", "-o", "%N %T")
     assert sinfo.returncode == 0, sinfo.stderr
     assert sorted(sinfo.stdout.split("\n")[:-1]) == ["node1 idle", "node2 idle", "node3 idle"]
 
     # A batch job on three nodes, as the unprivileged user; srun inside it prints every node's name.
-    submit = sb_exec(
-        "sbatch", "--parsable", "-N3", "-o", "/tmp/vcsbt-%j.out", "--wrap", "id -un; srun hostname"
+    submit = sb.exec(
+        "sbatch", "--parsable", "-N3", "-o", "/tmp/sandbox-test-%j.out", "--wrap", "id -un; srun hostname"
     )
     assert submit.returncode == 0, submit.stderr
     job_id = submit.stdout.strip()
     try:
-        assert wait_job(job_id) == "COMPLETED"
-        output = Path(f"/tmp/vcsbt-{job_id}.out")
+        assert sb.wait_job(job_id) == "COMPLETED"
+        output = Path(f"/tmp/sandbox-test-{job_id}.out")
         lines = output.read_text().split()
         assert lines[0] == "vcuser"
         assert sorted(lines[1:]) == ["node1", "node2", "node3"]
-        assert output.stat().st_uid == int(sb_exec("id", "-u").stdout)
+        assert output.stat().st_uid == int(sb.exec("id", "-u").stdout)
     finally:
-        Path(f"/tmp/vcsbt-{job_id}.out").unlink(missing_ok=True)
+        Path(f"/tmp/sandbox-test-{job_id}.out").unlink(missing_ok=True)
 
     # srun from the login side: labels, and the task's exit code reaches the caller.
-    run = sb_exec("srun", "-N3", "-l", "hostname")
+    run = sb.exec("srun", "-N3", "-l", "hostname")
     assert run.returncode == 0, run.stderr
     assert sorted(run.stdout.split("\n")[:-1]) == ["0: node1", "1: node2", "2: node3"]
-    assert sb_exec("srun", "-N1", "sh", "-c", "exit 3").returncode == 3
-    assert sb_exec("sh", "-c", "exit 7").returncode == 7
+    assert sb.exec("srun", "-N1", "sh", "-c", "exit 3").returncode == 3
+    assert sb.exec("sh", "-c", "exit 7").returncode == 7
 
     # exec runs as the job user by default, as root on request, with the sandbox's commands on PATH.
-    assert sb_exec("id", "-un").stdout.strip() == "vcuser"
-    assert sb_exec("id", "-un", user="root").stdout.strip() == "root"
-    assert sb_exec("sh", "-c", "command -v slurm-vc").stdout.strip() == SLURM_VC
-    assert sb_exec("squeue", "-h").returncode == 0
+    assert sb.exec("id", "-un").stdout.strip() == "vcuser"
+    assert sb.exec("id", "-un", user="root").stdout.strip() == "root"
+    assert sb.exec("sh", "-c", "command -v slurm-vc").stdout.strip() == SLURM_VC
+    assert sb.exec("squeue", "-h").returncode == 0
 
-    status = cli("status", "--name", NAME, "--json")
+    status = sb.cli("status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     info = json.loads(status.stdout)
     assert info["up"] is True
@@ -157,7 +169,7 @@ def test_up_jobs_status_exec_down(own_sandbox: str) -> None:
     roles = set(info["daemons"])
     assert {"munged", "slurmctld", "slurmd-node1", "slurmd-node3", "libvirtd-node2"} <= roles
     assert all(daemon["alive"] for daemon in info["daemons"].values())
-    layout = layout_for(NAME)
+    layout = sb.layout
     assert info["links"][layout.fabric_bridge]["mtu"] == 9000
     assert info["links"][f"node2:{layout.guest_bridge}"]["exists"] is True
     # Each node's libvirtd answers on its own socket.
@@ -171,20 +183,20 @@ def test_up_jobs_status_exec_down(own_sandbox: str) -> None:
     # (through libvirt, so its cgroup directories go too).
     domain = start_test_domain(layout, "node1")
 
-    down = cli("down", "--name", NAME)
+    down = sb.cli("down")
     assert down.returncode == 0, down.stderr
     assert not procs.pids_with_arg(domain, (QEMU_COMM,))
     assert not list(Path("/sys/fs/cgroup").glob(f"*/machine/*{domain}*"))
-    assert leftovers(NAME) == {"processes": [], "netns": [], "links": [], "mounts": [], "files": []}
-    assert cli("status", "--name", NAME).returncode != 0
+    assert leftovers(sb.name) == {"processes": [], "netns": [], "links": [], "mounts": [], "files": []}
+    assert sb.cli("status").returncode != 0
     # down is idempotent.
-    assert cli("down", "--name", NAME).returncode == 0
+    assert sb.cli("down").returncode == 0
 
 
-def test_guest_bridges_are_joined_across_nodes(own_sandbox: str) -> None:
+def test_guest_bridges_are_joined_across_nodes(sb: SandboxCli) -> None:
     """Each node's guest bridge has its host-block address; the nodes reach each other through the fabric."""
-    assert cli("up", "--name", NAME, "--nodes", "2", "--no-libvirt").returncode == 0
-    layout = layout_for(NAME)
+    assert sb.cli("up", "--nodes", "2", "--no-libvirt").returncode == 0
+    layout = sb.layout
     shown = net.ip("-o", "-4", "addr", "show", "dev", layout.guest_bridge, netns=layout.netns("node2")).stdout
     assert layout.guest_host_address(2) in shown
     ping = subprocess.run(
@@ -203,17 +215,17 @@ def test_guest_bridges_are_joined_across_nodes(own_sandbox: str) -> None:
         text=True,
     )
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    assert cli("down", "--name", NAME).returncode == 0
-    assert not any(leftovers(NAME).values())
+    assert sb.cli("down").returncode == 0
+    assert not any(leftovers(sb.name).values())
 
 
-def test_down_with_running_jobs(own_sandbox: str) -> None:
+def test_down_with_running_jobs(sb: SandboxCli) -> None:
     """Running and pending jobs are cancelled and their processes gone, whatever they were doing."""
-    assert cli("up", "--name", NAME, "--nodes", "2", "--no-libvirt").returncode == 0
-    running = sb_exec("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "srun sleep 300")
-    pending = sb_exec("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "sleep 300")
+    assert sb.cli("up", "--nodes", "2", "--no-libvirt").returncode == 0
+    running = sb.exec("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "srun sleep 300")
+    pending = sb.exec("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "sleep 300")
     assert running.returncode == 0 and pending.returncode == 0, running.stderr + pending.stderr
-    layout = layout_for(NAME)
+    layout = sb.layout
 
     def on_nodes() -> list[procs.ProcRef]:
         return [
@@ -237,40 +249,40 @@ def test_down_with_running_jobs(own_sandbox: str) -> None:
         time.sleep(0.2)
     before = on_nodes()
     assert {"slurmd", "slurmstepd", "sleep"} <= set(comms(before))
-    assert cli("down", "--name", NAME).returncode == 0
-    assert not any(leftovers(NAME).values())
+    assert sb.cli("down").returncode == 0
+    assert not any(leftovers(sb.name).values())
     assert not [ref for ref in before if procs.alive(ref)]
 
 
 @pytest.mark.parametrize("step", ["network", "slurmctld", "slurmd"])
-def test_up_after_interrupted_up(own_sandbox: str, step: str) -> None:
-    crashed = cli("up", "--name", NAME, "--nodes", "2", env={**os.environ, CRASH_ENV: step})
+def test_up_after_interrupted_up(sb: SandboxCli, step: str) -> None:
+    crashed = sb.cli("up", "--nodes", "2", env={**os.environ, CRASH_ENV: step})
     assert crashed.returncode == -9  # SIGKILLed mid-way: no cleanup ran
-    assert net.netns_list(layout_for(NAME).netns_prefix)  # it really left things behind
+    assert net.netns_list(sb.layout.netns_prefix)  # it really left things behind
 
-    again = cli("up", "--name", NAME, "--nodes", "2")
+    again = sb.cli("up", "--nodes", "2")
     assert again.returncode == 0, again.stderr
-    assert sb_exec("srun", "-N2", "hostname").returncode == 0
-    assert cli("down", "--name", NAME).returncode == 0
-    assert not any(leftovers(NAME).values())
+    assert sb.exec("srun", "-N2", "hostname").returncode == 0
+    assert sb.cli("down").returncode == 0
+    assert not any(leftovers(sb.name).values())
 
 
-def test_down_after_interrupted_down(own_sandbox: str) -> None:
-    assert cli("up", "--name", NAME, "--nodes", "2").returncode == 0
-    crashed = cli("down", "--name", NAME, env={**os.environ, CRASH_ENV: "down-libvirt"})
+def test_down_after_interrupted_down(sb: SandboxCli) -> None:
+    assert sb.cli("up", "--nodes", "2").returncode == 0
+    crashed = sb.cli("down", env={**os.environ, CRASH_ENV: "down-libvirt"})
     assert crashed.returncode == -9  # killed after the guests and libvirtds, before namespaces and Slurm
-    assert net.netns_list(layout_for(NAME).netns_prefix)
-    assert cli("down", "--name", NAME).returncode == 0
-    assert not any(leftovers(NAME).values())
+    assert net.netns_list(sb.layout.netns_prefix)
+    assert sb.cli("down").returncode == 0
+    assert not any(leftovers(sb.name).values())
 
 
-def test_down_after_interrupted_up_and_lost_state(own_sandbox: str) -> None:
+def test_down_after_interrupted_up_and_lost_state(sb: SandboxCli) -> None:
     """Even without state.json, down finds the daemons, namespaces and links by their names."""
-    crashed = cli("up", "--name", NAME, "--nodes", "2", env={**os.environ, CRASH_ENV: "slurmd"})
+    crashed = sb.cli("up", "--nodes", "2", env={**os.environ, CRASH_ENV: "slurmd"})
     assert crashed.returncode == -9
-    layout_for(NAME).state_file.unlink()
-    assert cli("down", "--name", NAME).returncode == 0
-    assert not any(leftovers(NAME).values())
+    sb.layout.state_file.unlink()
+    assert sb.cli("down").returncode == 0
+    assert not any(leftovers(sb.name).values())
 
 
 def test_session_fixture_runs_jobs(sandbox) -> None:
