@@ -74,7 +74,7 @@ int vc_config_parse(struct vc_config *conf, int ac, char **av, char *err, size_t
 			rc = set_path(conf->validator, sizeof(conf->validator), "validator", value, err, errlen);
 		else if (KEY_IS("config"))
 			rc = set_path(conf->config, sizeof(conf->config), "config", value, err, errlen);
-		else if (KEY_IS("wrapper"))
+		else if (KEY_IS("wrapper") || KEY_IS("exec")) /* exec= : the name in early docs */
 			rc = set_path(conf->wrapper, sizeof(conf->wrapper), "wrapper", value, err, errlen);
 		else if (KEY_IS("required"))
 			rc = set_int(&conf->required, "required", value, 0, 1, err, errlen);
@@ -84,8 +84,8 @@ int vc_config_parse(struct vc_config *conf, int ac, char **av, char *err, size_t
 			rc = set_int(&conf->wrap_tasks, "wrap", value, 0, 1, err, errlen);
 		else {
 			snprintf(err, errlen,
-				 "unknown plugstack.conf key '%.*s' (known: validator, config, wrapper, required, "
-				 "timeout, wrap)", (int)keylen, arg);
+				 "unknown plugstack.conf key '%.*s' (known: validator, config, wrapper (or exec), "
+				 "required, timeout, wrap)", (int)keylen, arg);
 			return -1;
 		}
 #undef KEY_IS

@@ -39,7 +39,7 @@ def plugin(tmp_path_factory) -> Path:
     done = subprocess.run(["make", "-C", str(build)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "-Wall" in done.stdout and "-Werror" in done.stdout and "-fvisibility=hidden" in done.stdout
-    return build / "vcluster.so"
+    return build / "slurm_vc.so"
 
 
 def test_exports_only_spank_entry_points_and_plugin_data(plugin):
