@@ -156,7 +156,7 @@ def _owner_file(root: str, name: str) -> Path:
 
 
 def reap_stale_sandboxes(prefix: str) -> None:
-    """Take down sandboxes named ``<prefix>*`` whose claiming test session is gone."""
+    """Take down sandboxes named ``<prefix><digits>`` whose claiming test session is gone."""
     from slurm_vc.sandbox import procs
     from slurm_vc.sandbox.cluster import Sandbox
     from slurm_vc.sandbox.layout import DEFAULT_ROOT, NAME_RE
@@ -166,7 +166,14 @@ def reap_stale_sandboxes(prefix: str) -> None:
         return
     for entry in root.iterdir():
         name = entry.name
-        if not entry.is_dir() or not name.startswith(prefix) or not NAME_RE.match(name):
+        # Only names this scheme hands out (prefix + digits): never a sandbox someone named by hand.
+        digits = name[len(prefix) :]
+        if (
+            not entry.is_dir()
+            or not name.startswith(prefix)
+            or not digits.isdigit()
+            or not NAME_RE.match(name)
+        ):
             continue
         owner = _owner_file(DEFAULT_ROOT, name)
         try:
