@@ -52,6 +52,7 @@ from slurm_vc.network import JobNetwork, job_network
 ROOT = Path(__file__).resolve().parent.parent
 SUBNET = "10.232.0.0/16"  # this benchmark's own; tests use 10.231/16, the default is 10.96/12
 HOST_IPS = {"n1": "10.232.0.1", "n2": "10.232.0.2"}
+NO_RULES = "netns guests, isolation rules lifted"
 JOBS = {"netns": 4242, "qemu": 4243}  # one job per guest kind, so both kinds run side by side
 PORT = 5001
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -209,6 +210,10 @@ class Testbed:
             return min(netdev.bridge_max_mtu("vcbr0", netns=ns), 65520)
         finally:
             run(ns_cmd(ns, "ip", "link", "del", "vctprobe"))
+
+    def lift_rules(self, kind: str) -> None:
+        for ns in self.nodes.values():
+            netdev.remove_isolation(JOBS[kind], netns=ns)
 
     def isolate(self) -> None:
         for node, ns in self.nodes.items():
@@ -386,6 +391,10 @@ def main() -> int:
                         else bed.qemu_guests(mtu, kernel, initrd, key)
                     )
                     paths[f"{kind} guest n1 -> {kind} guest n2"] = (guests[0], guests[1])
+                    if kind == "netns" and args.isolation == "on":
+                        # The same guests with their job's rules lifted for the measurement: the
+                        # cost of the isolation rules themselves, in the same rounds.
+                        paths[NO_RULES] = (guests[0], guests[1])
                 # Rounds interleave the paths, so load from elsewhere on the machine hits them alike.
                 sizes = (
                     {name: calibrate(*pair, args.seconds) for name, pair in paths.items()}
@@ -395,12 +404,16 @@ def main() -> int:
                 samples: dict[tuple[str, str], list[float]] = {}
                 for _ in range(args.reps):
                     for name, (sender, receiver) in paths.items():
+                        if name == NO_RULES:
+                            bed.lift_rules("netns")
                         for tool in tools:
                             if tool == "iperf3":
                                 rate = iperf3(sender, receiver, args.seconds)
                             else:
                                 rate = transfer(sender, receiver, sizes[name])
                             samples.setdefault((name, tool), []).append(rate)
+                        if name == NO_RULES:
+                            bed.isolate()
                 bed.remove_guests()
                 for tool in tools:
                     base = statistics.median(samples[(next(iter(paths)), tool)])
@@ -412,10 +425,10 @@ def main() -> int:
             bed.close()
     print(f"\n{os.cpu_count()} CPUs, kernel {os.uname().release}; median of {args.reps} x {args.seconds:g} s")
     print(f"isolation rules {args.isolation}; qemu = tiny guest (TCG), netns = namespace on a veth\n")
-    print("| MTU   | path                                | tool   | throughput   | vs host |")
-    print("|-------|-------------------------------------|--------|--------------|---------|")
+    print("| MTU   | path                                 | tool   | throughput   | vs host |")
+    print("|-------|--------------------------------------|--------|--------------|---------|")
     for mtu, path, tool, rate, ratio in rows:
-        print(f"| {mtu:<5} | {path:<35} | {tool:<6} | {fmt_rate(rate):<12} | {ratio:>6.3f}x |")
+        print(f"| {mtu:<5} | {path:<36} | {tool:<6} | {fmt_rate(rate):<12} | {ratio:>6.3f}x |")
     return 0
 
 
