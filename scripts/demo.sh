@@ -86,7 +86,7 @@ note "guest: $(cd guest/out && ls -sh vmlinuz initrd.img | tr '\n' ' ')"
 step "bring up a $NODES-node sandbox Slurm cluster ($NAME): munge, slurmctld, slurmd + libvirtd per node"
 SANDBOX_UP=1
 "$SLURM_VC" sandbox up --name "$NAME" --nodes "$NODES" >/dev/null || fail "sandbox up failed"
-as_root sinfo -N -o '   %N %T %c CPUs %m MB' || fail "sinfo failed"
+as_root sinfo -h -N -o '   %N: %T, %c CPUs, %m MB' || fail "sinfo failed"
 JOB_USER=$("$PY" -c "from slurm_vc.sandbox.cluster import Sandbox; print(Sandbox('$NAME', quiet=True).user)")
 
 # The job's files live where the job user can read and write them, whatever the checkout's permissions.

@@ -171,14 +171,17 @@ def node_times(
     ``meta`` is the lifecycle's job state meta (``started_at``, ``ready_at``, ``timings``:
     step -> seconds, see slurm_vc.lifecycle); ``local`` is the published job view's local guest
     state (``started_at``: the prolog began, ``ready_at``).  The earliest ``started_at`` is the
-    prolog start.  The guest started when the steps up to and including ``domain`` were done.
+    prolog start; ``ready_at`` comes from ``meta`` when it has one.  The guest started when the
+    steps up to and including ``domain`` were done.
     """
     meta = meta or {}
     local = local or {}
     starts = [float(v) for v in (local.get("started_at"), meta.get("started_at")) if _is_number(v)]
     prolog_start = min(starts) if starts else None
-    ready_values = [float(v) for v in (meta.get("ready_at"), local.get("ready_at")) if _is_number(v)]
-    guest_ready = min(ready_values) if ready_values else None
+    # The lifecycle's ready_at is the wall clock when the ready line was seen; the published view's
+    # is derived (started_at + seconds to ready), so it is only the fallback.
+    ready_value = meta.get("ready_at") if _is_number(meta.get("ready_at")) else local.get("ready_at")
+    guest_ready = float(ready_value) if _is_number(ready_value) else None  # type: ignore[arg-type]
     raw_steps = meta.get("timings")
     steps = (
         {str(k): float(v) for k, v in raw_steps.items() if _is_number(v)}

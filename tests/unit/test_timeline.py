@@ -217,6 +217,17 @@ def test_node_times_from_lifecycle_meta_and_published_view():
     assert "bogus" not in node.steps
 
 
+def test_node_times_prefers_the_lifecycle_ready_clock():
+    # The published ready_at is started_at + seconds to ready (boot only): earlier than the real one.
+    meta = {"started_at": T0 + 0.5, "ready_at": T0 + 9.0, "timings": {"domain": 3.0, "ready": 5.0}}
+    local = {"started_at": T0 + 0.3, "ready_at": T0 + 5.3}
+    node = timeline.node_times("node1", meta, local)
+    assert node.guest_ready == T0 + 9.0
+    assert node.guest_started == pytest.approx(T0 + 4.0)
+    fallback = timeline.node_times("node1", {}, local)
+    assert fallback.guest_ready == T0 + 5.3
+
+
 def test_node_times_guest_started_from_steps_before_ready():
     meta = {"started_at": T0 + 0.5, "timings": {"plan": 0.1, "isolation": 0.01, "seed": 0.02, "domain": 0.4}}
     node = timeline.node_times("node1", meta, None)

@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Benchmark: time to cluster, sbatch -> job script start, with --vcluster against the same job without
+it and against the guests booted by plain QEMU alone; the control-plane overhead per phase.
+
+Goal (issue 5, point 6): the overhead (everything that is not the guest's own boot) under 1 s per node,
+not growing with the node count.
+
+One sandbox cluster (``--name``, default ``vcbench``) is brought up once with max(--nodes) nodes.  Each
+repetition runs, for every node count n (order rotated between repetitions so machine load drifts
+over all alike):
+
+  plain   ``sbatch -N n job.sh``                     the job script prints ``SCRIPT_START <epoch>``
+  vc      ``sbatch -N n --vcluster=tiny job.sh``     same script; the prolog boots a guest per node
+  qemu    n ``qemu-system-x86_64 -accel tcg`` at once, with the kernel, initrd, kernel command line,
+          memory and vCPUs of the vc run's guests, pinned (taskset) to the CPUs libvirt pinned them
+          to; time from launch to the guest's ready line (the slowest of the n)
+
+Overhead = (vc script start - plain script start) - plain-QEMU boot, from medians.  Per phase, from
+the vc job's timeline (slurm_vc.timeline, collected by slurm_vc.jobwatch): sbatch -> queued (the
+SPANK plugin's submit-time validation), queued -> allocated, allocated -> prolog start (hook + Python
+start-up + Slurm facts), prolog start -> guest started (plan, isolation, hugepages, seed, libvirt
+define+start), guest boot (started -> ready, compared with plain QEMU), last ready -> script start
+(DeferBatch release, batch launch, TaskProlog), and script end -> teardown done.
+
+Run as root, with a Python every user can run (the job user runs the validator from this venv)::
+
+    python bench/bench_time_to_cluster.py [--reps 3] [--nodes 1,2,3] [--name vcbench] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from lxml import etree
+
+from slurm_vc import jobwatch, timeline
+from slurm_vc.sandbox.cluster import Sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TEXT = "SLURM-VC-READY"
+JOB_SCRIPT = '#!/bin/sh\necho "SCRIPT_START $(date +%s.%N)"\n'
+IMAGE = "tiny"
+GOAL_PER_NODE = 1.0
+
+
+@dataclass
+class JobRun:
+    """One measured job."""
+
+    nodes: int
+    vcluster: bool
+    job: timeline.JobTimes
+    records: dict[str, jobwatch.NodeRecord] = field(default_factory=dict)
+    state: str = ""
+
+    @property
+    def time_to_cluster(self) -> Optional[float]:
+        return timeline.time_to_cluster(self.job)
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+
+def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, timeout: float) -> JobRun:
+    """Submit the job, watch it to the end of its teardown, and assemble its timeline."""
+    argv = ["sbatch", f"-N{nodes}", "-o", str(work / "%j.out")]
+    if vcluster:
+        argv.append(f"--vcluster={IMAGE}")
+    argv.append(str(work / "job.sh"))
+    submit = time.time()
+    result = sandbox.exec_argv(argv, cwd=str(work), capture=True, timeout=120)
+    match = re.search(r"Submitted batch job (\d+)", result.stdout)
+    if not match:
+        raise SystemExit(f"sbatch failed: {result.stdout}{result.stderr}")
+    job_id = match.group(1)
+    watcher = jobwatch.JobWatcher(jobwatch.state_dirs(sandbox), job_id)
+    last_state = {"state": ""}
+
+    def finished() -> bool:
+        state, _ = jobwatch.job_state(sandbox, job_id)
+        if state != "GONE":
+            last_state["state"] = state
+        return state in jobwatch.TERMINAL_STATES or state == "GONE"
+
+    if not watcher.run(finished, timeout):
+        sandbox.exec_argv(["scancel", job_id], user="root", capture=True)
+        raise SystemExit(f"job {job_id} (-N{nodes}, vcluster={vcluster}) did not finish in {timeout:.0f} s")
+    job = jobwatch.job_times(
+        job_id,
+        submit,
+        watcher.records,
+        jobwatch.read_text(work / f"{job_id}.out"),
+        jobwatch.read_text(sandbox.layout.log / "slurmctld.log"),
+    )
+    run = JobRun(nodes, vcluster, job, dict(watcher.records), last_state["state"])
+    if run.state != "COMPLETED" or job.script_start is None:
+        raise SystemExit(
+            f"job {job_id} (-N{nodes}, vcluster={vcluster}) ended {run.state}; output:\n"
+            + jobwatch.read_text(work / f"{job_id}.out")
+        )
+    return run
+
+
+# ------------------------------------------------------------------------------------------ plain QEMU
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What the plain-QEMU baseline copies from a vc guest's domain XML."""
+
+    kernel: str
+    initrd: str
+    cmdline: str
+    memory_kib: int
+    vcpus: int
+    cpus: str  # taskset CPU list: the vCPU and emulator pins
+    mac: str
+
+
+def guest_spec(domain_xml: str) -> GuestSpec:
+    root = etree.fromstring(domain_xml.encode())
+    pins = {el.get("cpuset") for el in root.iterfind("cputune/vcpupin")}
+    pins |= {el.get("cpuset") for el in root.iterfind("cputune/emulatorpin")}
+    pins.discard(None)
+    mac = root.find("devices/interface/mac")
+    return GuestSpec(
+        kernel=root.findtext("os/kernel") or "",
+        initrd=root.findtext("os/initrd") or "",
+        cmdline=root.findtext("os/cmdline") or "",
+        memory_kib=int(root.findtext("memory") or 262144),
+        vcpus=int(root.findtext("vcpu") or 1),
+        cpus=",".join(sorted(pins)) or f"0-{os.cpu_count() - 1}",
+        mac=mac.get("address") if mac is not None else "52:54:00:00:00:01",
+    )
+
+
+def qemu_argv(spec: GuestSpec, directory: Path) -> list[str]:
+    """A plain TCG QEMU like the libvirt guest: same kernel/initrd/cmdline/memory/vCPUs, NIC, ready port."""
+    return [
+        "taskset",
+        "-c",
+        spec.cpus,
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        f"{spec.memory_kib // 1024}M",
+        "-smp",
+        str(spec.vcpus),
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-kernel",
+        spec.kernel,
+        "-initrd",
+        spec.initrd,
+        "-append",
+        spec.cmdline,
+        "-serial",
+        f"file:{directory / 'console.log'}",
+        # A NIC on a hub with no other port: the guest configures it as usual, nothing leaves.
+        "-netdev",
+        "hubport,id=net0,hubid=0",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        f"file,id=ready,path={directory / 'ready.log'}",
+        "-device",
+        "virtserialport,chardev=ready,name=org.slurm-vc.ready",
+    ]
+
+
+def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, timeout: float = 300) -> float:
+    """Start one QEMU per spec at once; seconds until the last one printed its ready line."""
+    procs = []
+    try:
+        started = time.monotonic()
+        for index, spec in enumerate(specs):
+            directory = Path(tempfile.mkdtemp(prefix=f"q{index}-", dir=scratch))
+            log = open(directory / "qemu.log", "wb")
+            procs.append(
+                (
+                    directory,
+                    subprocess.Popen(
+                        qemu_argv(spec, directory), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                    ),
+                )
+            )
+            log.close()
+        ready: dict[int, float] = {}
+        deadline = started + timeout
+        while len(ready) < len(procs):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"plain QEMU: no ready line after {timeout:.0f} s")
+            for index, (directory, proc) in enumerate(procs):
+                if index in ready:
+                    continue
+                for name in ("ready.log", "console.log"):
+                    if READY_TEXT in jobwatch.read_text(directory / name):
+                        ready[index] = time.monotonic() - started
+                        break
+                else:
+                    if proc.poll() is not None:
+                        log_text = jobwatch.read_text(directory / "qemu.log")
+                        raise SystemExit(f"plain QEMU exited {proc.returncode}: {log_text}")
+            time.sleep(0.02)
+        return max(ready.values())
+    finally:
+        for _, proc in procs:  # ours, by PID
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------ phases
+
+
+def phase_values(run: JobRun) -> dict[str, float]:
+    """Seconds per phase of one job (gated by the slowest node, as the job script is)."""
+    job = run.job
+    values: dict[str, float] = {}
+
+    def latest(key: str) -> Optional[float]:
+        found = timeline.milestone_values(job, key, True)
+        return max(found) if found else None
+
+    def put(name: str, end: Optional[float], start: Optional[float]) -> None:
+        if end is not None and start is not None:
+            values[name] = end - start
+
+    put("sbatch -> queued", job.queued, job.submit)
+    put("queued -> allocated", job.allocated, job.queued)
+    if not run.vcluster:
+        put("allocated -> script start", job.script_start, job.allocated)
+    else:
+        put("allocated -> prolog start", latest("prolog_start"), job.allocated)
+        per_node = [
+            n.guest_started - n.prolog_start
+            for n in job.nodes
+            if n.guest_started is not None and n.prolog_start is not None
+        ]
+        if per_node:
+            values["prolog start -> guest started"] = max(per_node)
+        boot = timeline.guest_boot(job)
+        if boot is not None:
+            values["guest boot (started -> ready)"] = boot.hi
+        put("last guest ready -> script start", job.script_start, latest("guest_ready"))
+        put("script end -> teardown done", latest("teardown_done"), job.script_end)
+        for step, found in timeline.prolog_step_rows(job):
+            values[f"step {step}"] = found.hi
+    values["sbatch -> script start"] = job.script_start - job.submit
+    return values
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({key for run in runs for key in run})
+    return {key: timeline.median([run[key] for run in runs if key in run]) for key in keys}
+
+
+def fmt(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2f} s"
+
+
+def report(results: dict[int, dict[str, list]], reps: int) -> str:
+    lines = []
+    summary = [
+        "| nodes | plain job | --vcluster job | plain QEMU boot | overhead | overhead per node |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, data in sorted(results.items()):
+        plain = medians([phase_values(r) for r in data["plain"]])
+        vc = medians([phase_values(r) for r in data["vc"]])
+        boot = timeline.median(data["qemu"])
+        overhead = vc["sbatch -> script start"] - plain["sbatch -> script start"] - boot
+        summary.append(
+            f"| {n} | {fmt(plain['sbatch -> script start'])} | {fmt(vc['sbatch -> script start'])} | "
+            f"{fmt(boot)} | {fmt(overhead)} | {fmt(overhead / n)} |"
+        )
+        lines.append(f"\n{n} node(s), medians of {reps} runs (the slowest node gates each phase):\n")
+        lines.append("| phase | plain job | --vcluster job | over plain |")
+        lines.append("|---|---|---|---|")
+        rows = [
+            ("sbatch -> queued", "sbatch -> queued"),
+            ("queued -> allocated", "queued -> allocated"),
+            ("allocated -> prolog start", None),
+            ("prolog start -> guest started", None),
+            ("guest boot (started -> ready)", "qemu"),
+            ("last guest ready -> script start", "allocated -> script start"),
+            ("sbatch -> script start", "sbatch -> script start"),
+            ("script end -> teardown done", None),
+        ]
+        for name, baseline in rows:
+            mine = vc.get(name)
+            base = boot if baseline == "qemu" else plain.get(baseline) if baseline else None
+            label = name if baseline != "qemu" else name + " vs plain QEMU"
+            if baseline == "allocated -> script start":
+                label += " (plain: allocated -> script start)"
+            extra = "" if mine is None or base is None else f"{mine - base:+.2f} s"
+            lines.append(f"| {label} | {fmt(base)} | {fmt(mine)} | {extra} |")
+        steps = {k[5:]: v for k, v in vc.items() if k.startswith("step ")}
+        order = [s for s in timeline.PROLOG_STEPS if s in steps] + [
+            s for s in steps if s not in timeline.PROLOG_STEPS
+        ]
+        lines.append("\nprolog steps (slowest node): " + ", ".join(f"{s} {steps[s]:.3f} s" for s in order))
+    return "\n".join(summary + lines)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--nodes", default="1,2,3", help="node counts, comma-separated (default 1,2,3)")
+    parser.add_argument("--name", default="vcbench", help="sandbox name (default vcbench)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per job (default 300)")
+    parser.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.nodes.split(",")]
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (the sandbox cluster)")
+    sandbox = Sandbox(args.name)
+    sandbox.up(nodes=max(counts))
+    work = Path(tempfile.mkdtemp(prefix="vcbench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="vcbench-qemu-"))
+    try:
+        os.chmod(work, 0o755)
+        (work / "job.sh").write_text(JOB_SCRIPT)
+        os.chmod(work / "job.sh", 0o755)
+        user = pwd.getpwnam(sandbox.user)
+        os.chown(work, user.pw_uid, user.pw_gid)
+        print(f"# warm-up (slurmctld's first scheduling pass, page cache) on {args.name}", flush=True)
+        submit_and_watch(sandbox, work, max(counts), False, args.timeout)
+        submit_and_watch(sandbox, work, 1, True, args.timeout)
+        results: dict[int, dict[str, list]] = {n: {"plain": [], "vc": [], "qemu": []} for n in counts}
+        for rep in range(args.reps):
+            order = counts[rep % len(counts) :] + counts[: rep % len(counts)]
+            for n in order:
+                plain = submit_and_watch(sandbox, work, n, False, args.timeout)
+                vc = submit_and_watch(sandbox, work, n, True, args.timeout)
+                specs = [guest_spec(r.domain_xml) for r in vc.records.values() if r.domain_xml]
+                if len(specs) != n:
+                    raise SystemExit(f"job {vc.job.job_id}: got the domain XML of {len(specs)} of {n} guests")
+                boot = plain_qemu_boot(specs, scratch)
+                results[n]["plain"].append(plain)
+                results[n]["vc"].append(vc)
+                results[n]["qemu"].append(boot)
+                print(
+                    f"rep {rep + 1} n={n}: plain {plain.time_to_cluster:.2f} s, "
+                    f"vc {vc.time_to_cluster:.2f} s, plain QEMU boot {boot:.2f} s",
+                    flush=True,
+                )
+        print(f"\n# {platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}")
+        print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
+        print(report(results, args.reps))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            sandbox.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
