@@ -510,9 +510,13 @@ class Sandbox:
         for role, ref in sorted(data.get("procs", {}).items()):
             proc = ProcRef.from_json(ref)
             daemons[role] = {"pid": proc.pid, "alive": procs.alive(proc)}
-        for node in data.get("libvirtds", []):
-            socket_path = layout.libvirt_socket(node)
-            daemons[f"libvirtd-{node}"] = {"socket": str(socket_path), "alive": socket_path.exists()}
+        if data.get("libvirtds"):
+            from .libvirtd import PrivateLibvirtd
+
+            for node in data["libvirtds"]:
+                daemon = PrivateLibvirtd(node, layout.libvirt_dir, netns=layout.netns(node))
+                # Its socket path must be what the node's site config names (layout.libvirt_uri).
+                daemons[f"libvirtd-{node}"] = {"socket": str(daemon.socket_path), "alive": daemon.running}
         names = data.get("nodes", [])
         links = net.link_summary([layout.control_bridge, layout.fabric_bridge])
         for node in names:

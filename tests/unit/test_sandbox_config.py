@@ -258,3 +258,12 @@ def test_plugstack_line_and_args() -> None:
     assert "wrap=0" in spank_args(layout, None)
     line = render_plugstack_conf("/x/vcluster.so", args)
     assert line.startswith("required /x/vcluster.so validator=/") and line.endswith("\n")
+
+
+def test_layout_libvirt_socket_matches_the_launcher(tmp_path: Path) -> None:
+    from slurm_vc.sandbox.libvirtd import PrivateLibvirtd
+
+    layout = layout_for("vcsbx", root=str(tmp_path))
+    daemon = PrivateLibvirtd("node2", layout.libvirt_dir, netns=layout.netns("node2"))
+    assert daemon.socket_path == layout.libvirt_socket("node2")
+    assert daemon.uri == layout.libvirt_uri("node2")
