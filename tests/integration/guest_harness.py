@@ -8,8 +8,10 @@ namespace (nsenter execs it, so the PID we hold is QEMU's) and is ended by that 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -117,6 +119,7 @@ class Qemu:
     drives: list[str] = field(default_factory=list)  # extra -drive values
     cdrom: Optional[str] = None
     ready_port: bool = True
+    agent_socket: Optional[str] = None  # UNIX socket for the guest agent port, when set
     proc: Optional[subprocess.Popen] = None
     started: float = 0.0
 
@@ -166,7 +169,34 @@ class Qemu:
                 "-device",
                 "virtserialport,chardev=ready,name=org.slurm-vc.ready",
             ]
+        if self.agent_socket:
+            if not self.ready_port:
+                argv += ["-device", "virtio-serial-pci"]
+            argv += [
+                "-chardev",
+                f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
+                "-device",
+                "virtserialport,chardev=agent,name=org.qemu.guest_agent.0",
+            ]
         return argv
+
+    def agent(self, command: str, timeout: float = 30) -> dict:
+        """One guest-agent command (e.g. 'guest-ping') over the agent socket; the JSON reply."""
+        assert self.agent_socket
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(self.agent_socket)
+            # guest-sync-delimited first: it flushes whatever an earlier client left half-read.
+            sock.sendall(b'{"execute":"guest-sync-delimited","arguments":{"id":4711}}\n')
+            buffer = b""
+            while b"4711" not in buffer and time.monotonic() < deadline:
+                buffer += sock.recv(4096)
+            sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+            buffer = b""
+            while not buffer.endswith(b"\n") and time.monotonic() < deadline:
+                buffer += sock.recv(4096)
+            return json.loads(buffer.decode())
 
     def __enter__(self) -> Qemu:
         log = open(self.workdir / "qemu.log", "wb")

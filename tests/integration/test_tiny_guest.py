@@ -130,11 +130,16 @@ def test_tiny_guest_from_seed_iso(tiny_image, tmp_path, attach):
         )
         if attach == "virtio-disk":
             vm.drives.append(f"file={iso},if=virtio,format=raw,readonly=on")
+            vm.agent_socket = str(tmp_path / "agent.sock")
         else:
             vm.cdrom = iso
         with vm:
             check_guest_matches_spec(net, vm, key, other_key, spec)
             assert "configuration from seed disk" in vm.console.read_text()
+            if vm.agent_socket:
+                packed = net.ssh(key, "root", spec.ip, "cat /etc/slurm-vc-tiny-guest").stdout
+                if "agent=yes" in packed:  # qemu-guest-agent was installed on the build host
+                    assert vm.agent("guest-ping") == {"return": {}}
         assert vm.proc.poll() is not None
     assert not os.path.exists(f"/run/netns/{net.ns}")
 
