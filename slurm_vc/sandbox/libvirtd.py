@@ -74,10 +74,16 @@ class PrivateLibvirtd:
     ``stop`` is idempotent and also cleans up after a supervisor that died.
     """
 
-    def __init__(self, name: str, base_dir: str | os.PathLike, netns: Optional[str] = None):
+    def __init__(
+        self, name: str, base_dir: str | os.PathLike, netns: Optional[str] = None, warm: bool = True
+    ):
         self.name = name
-        self.dir = Path(base_dir).absolute() / name
+        self.base_dir = Path(base_dir).absolute()
+        self.dir = self.base_dir / name
         self.netns = netns
+        # Probe QEMU's capabilities during start() (cached for the daemons sharing base_dir), so
+        # the first guest does not pay ~1.5 s for it.
+        self.warm = warm
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -131,6 +137,7 @@ class PrivateLibvirtd:
         self.stop()  # leftovers of an earlier, crashed instance
         for sub in ("logs", "etc", *PRIVATE_DIRS):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        _copy_new_files(self._shared_caps_dir, self._private_caps_dir)
         (self.dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(log=self.libvirtd_log))
         (self.dir / "etc" / "virtlogd.conf").write_text(
             VIRTLOGD_CONF.format(log=self.dir / "logs" / "virtlogd.log")
@@ -169,6 +176,8 @@ class PrivateLibvirtd:
                 self.stop()
                 raise HostError(f"private libvirtd {self.name!r} failed to start: {state['error']}")
             if state and state.get("ready") and self.socket_path.exists():
+                if self.warm:
+                    self._warm_up()
                 return self.uri
             if state and not _pid_alive(state["supervisor_pid"], state.get("supervisor_start")):
                 break
@@ -176,6 +185,34 @@ class PrivateLibvirtd:
         tail = _tail(self.supervisor_log) + _tail(self.libvirtd_log)
         self.stop()
         raise HostError(f"private libvirtd {self.name!r} did not come up within {timeout:.0f} s:\n{tail}")
+
+    @property
+    def _shared_caps_dir(self) -> Path:
+        return self.base_dir / ".qemu-capabilities"
+
+    @property
+    def _private_caps_dir(self) -> Path:
+        return self.dir / "cache" / "qemu" / "capabilities"
+
+    def _warm_up(self) -> None:
+        """Have libvirtd probe QEMU now and share its capabilities cache with later daemons.
+
+        libvirt re-validates a cache entry (QEMU and libvirtd binaries, kernel, CPU microcode) and
+        re-probes when it is stale, so a shared entry can never be wrong, only useless.
+        """
+        try:
+            import libvirt
+
+            libvirt.registerErrorHandler(lambda *_: None, None)
+            conn = libvirt.open(self.uri)
+            try:
+                conn.getDomainCapabilities(None, None, None, "qemu", 0)
+            finally:
+                conn.close()
+        except Exception as exc:  # an optimisation only: the first guest start probes instead
+            print(f"private libvirtd {self.name}: warm-up failed: {exc}", file=sys.stderr)
+            return
+        _copy_new_files(self._private_caps_dir, self._shared_caps_dir)
 
     def restart_libvirtd(self, timeout: float = START_TIMEOUT) -> None:
         """Restart only libvirtd (as an admin or a package upgrade would); guests keep running."""
@@ -272,6 +309,23 @@ def _kill_pidfile(pidfile: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _copy_new_files(source: Path, target: Path) -> None:
+    """Copy files from ``source`` that ``target`` lacks (atomically each; both may be missing)."""
+    try:
+        names = [p.name for p in source.iterdir() if p.is_file()]
+    except OSError:
+        return
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not (target / name).exists():
+                tmp = target / f".{name}.{os.getpid()}.tmp"
+                shutil.copy2(source / name, tmp)
+                os.replace(tmp, target / name)
+    except OSError:
+        pass  # a cache: never worth failing a start for
 
 
 def _check_traversable(path: Path) -> None:
