@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -321,7 +322,9 @@ def _copy_new_files(source: Path, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         for name in names:
             if not (target / name).exists():
-                tmp = target / f".{name}.{os.getpid()}.tmp"
+                # A unique temporary name: daemons may be started from several threads at once.
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target)
+                os.close(fd)
                 shutil.copy2(source / name, tmp)
                 os.replace(tmp, target / name)
     except OSError:
