@@ -141,7 +141,8 @@ def exec_task(view: JobView, argv: Sequence[str], environ: Mapping[str, str]) ->
     if local is None:
         raise StateError(f"job {view.job_id} has no guest on node {view.node}")
     command = remote_command(argv, forwarded_env(environ))
-    ssh = ssh_argv(view, local.ip, command)
+    # `srun --pty`: give the remote side a terminal too.
+    ssh = ssh_argv(view, local.ip, command, tty=sys.stdin.isatty())
     sys.stdout.flush()
     os.execv(ssh[0], ssh)
 

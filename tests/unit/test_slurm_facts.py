@@ -228,11 +228,14 @@ def test_comment_drain_and_srun_argv(fake_slurm):
     make("srun", 'echo \'{"node": "n2"}\'')
     slurm.set_job_comment(7, "slurm-vc[0]: node n1: bad\nthing")
     slurm.drain_node("n1", "slurm-vc job 7: libvirt down")
+    slurm.requeue_hold(7)
     out = slurm.run_on_job_nodes(7, ["n2", "n3"], ["/usr/bin/python3", "-m", "slurm_vc", "status"])
     assert out.strip() == '{"node": "n2"}'
     calls = log.read_text().splitlines()
     assert calls[0] == "scontrol update JobId=7 Comment=slurm-vc[0]: node n1: bad thing"
     assert calls[1] == "scontrol update NodeName=n1 State=DRAIN Reason=slurm-vc job 7: libvirt down"
+    assert calls[2] == "scontrol requeuehold 7"
+    calls.pop(2)
     assert calls[2].startswith(
         "srun --overlap --jobid=7 --nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist=n2,n3"
     )
