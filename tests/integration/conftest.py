@@ -190,6 +190,7 @@ def node_config(node_libvirtd, tiny_guest, base_disk, qemu_tmp_path):
                 "tiny": {**guest, "seed": "both"},
                 "tinydisk": {**guest, "seed": "both", "disk": base_disk},
                 "never": {**guest, "seed": "cmdline", "readiness": {"serial_line": "NEVER-PRINTED"}},
+                "tinyagent": {**guest, "seed": "cmdline", "readiness": {"probe": "agent"}},
             },
         },
         source="<integration test config>",

@@ -251,3 +251,23 @@ def test_rerun_prolog_replaces_the_previous_guest(node_config, env):
     finally:
         teardown(job.job_id, node_config, env)
     assert_nothing_left(node_config, env, job, before)
+
+
+def test_agent_readiness_probe(node_config, env):
+    """An image whose readiness is the guest agent: ready once qemu-ga answers guest-ping."""
+    import shutil as _shutil
+
+    if not _shutil.which("qemu-ga") and not Path("/usr/sbin/qemu-ga").exists():
+        pytest.skip("qemu-guest-agent is not installed, so the tiny guest has no agent")
+    job = make_job(305, "tinyagent,vcpus=1,mem=128M")
+    before = hugepages_2m()
+    try:
+        info = start_guest(job, node_config, env)
+        import libvirt_qemu
+
+        with Hypervisor(node_config.host.libvirt_uri) as hv:
+            answer = libvirt_qemu.qemuAgentCommand(hv._domain(info.name), '{"execute":"guest-ping"}', 5, 0)
+        assert answer.strip() == '{"return":{}}'
+    finally:
+        teardown(job.job_id, node_config, env)
+    assert_nothing_left(node_config, env, job, before)
