@@ -50,7 +50,7 @@ from slurm_vc.sandbox.cluster import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TEXT = "SLURM-VC-READY"
-JOB_SCRIPT = '#!/bin/sh\necho "SCRIPT_START $(date +%s.%N)"\n'
+JOB_SCRIPT = '#!/bin/sh\necho "SCRIPT_START $(date +%s.%N)"\necho "SCRIPT_END $(date +%s.%N)"\n'
 IMAGE = "tiny"
 GOAL_PER_NODE = 1.0
 
@@ -64,6 +64,7 @@ class JobRun:
     job: timeline.JobTimes
     records: dict[str, jobwatch.NodeRecord] = field(default_factory=dict)
     state: str = ""
+    qemu_args: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def time_to_cluster(self) -> Optional[float]:
@@ -73,8 +74,53 @@ class JobRun:
 # ------------------------------------------------------------------------------------------ jobs
 
 
+class CapturingWatcher(jobwatch.JobWatcher):
+    """Also notes the ``-cpu`` and ``-machine`` libvirt gave the job's QEMU processes (for the baseline)."""
+
+    def __init__(self, state_dirs, job_id) -> None:
+        super().__init__(state_dirs, job_id)
+        self.qemu_args: dict[str, dict[str, str]] = {}  # domain name -> {"-cpu": ..., "-machine": ...}
+        self._next_scan = 0.0
+
+    def poll_once(self) -> None:
+        super().poll_once()
+        now = time.monotonic()
+        if now < self._next_scan or len(self.qemu_args) >= len(self.state_dirs):
+            return
+        self._next_scan = now + 0.2
+        marker = f"guest=vc-{self.job_id}-".encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            names = [a for a in argv if a.startswith(marker)]
+            if not names or not argv[0].endswith(b"qemu-system-x86_64"):
+                continue
+            name = names[0].decode().split(",")[0].split("=", 1)[1]
+            found = {}
+            for flag in ("-cpu", "-machine"):
+                if flag.encode() in argv:
+                    found[flag] = argv[argv.index(flag.encode()) + 1].decode()
+            self.qemu_args[name] = found
+
+
+def wait_idle(sandbox: Sandbox, timeout: float = 120) -> None:
+    """Wait until every node is idle (the previous job's epilog done), so jobs start alike."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = sandbox.node_states()
+        if states and all(state.startswith("idle") for state in states.values()):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"nodes not idle after {timeout:.0f} s: {sandbox.node_states()}")
+
+
 def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, timeout: float) -> JobRun:
     """Submit the job, watch it to the end of its teardown, and assemble its timeline."""
+    wait_idle(sandbox)
     argv = ["sbatch", f"-N{nodes}", "-o", str(work / "%j.out")]
     if vcluster:
         argv.append(f"--vcluster={IMAGE}")
@@ -85,7 +131,7 @@ def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, t
     if not match:
         raise SystemExit(f"sbatch failed: {result.stdout}{result.stderr}")
     job_id = match.group(1)
-    watcher = jobwatch.JobWatcher(jobwatch.state_dirs(sandbox), job_id)
+    watcher = CapturingWatcher(jobwatch.state_dirs(sandbox), job_id)
     last_state = {"state": ""}
 
     def finished() -> bool:
@@ -104,7 +150,7 @@ def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, t
         jobwatch.read_text(work / f"{job_id}.out"),
         jobwatch.read_text(sandbox.layout.log / "slurmctld.log"),
     )
-    run = JobRun(nodes, vcluster, job, dict(watcher.records), last_state["state"])
+    run = JobRun(nodes, vcluster, job, dict(watcher.records), last_state["state"], watcher.qemu_args)
     if run.state != "COMPLETED" or job.script_start is None:
         raise SystemExit(
             f"job {job_id} (-N{nodes}, vcluster={vcluster}) ended {run.state}; output:\n"
@@ -127,14 +173,17 @@ class GuestSpec:
     vcpus: int
     cpus: str  # taskset CPU list: the vCPU and emulator pins
     mac: str
+    cpu: str = ""  # libvirt's -cpu for this guest ("" = QEMU's default)
+    machine: str = ""  # libvirt's machine type
 
 
-def guest_spec(domain_xml: str) -> GuestSpec:
+def guest_spec(domain_xml: str, qemu_args: Optional[dict[str, dict[str, str]]] = None) -> GuestSpec:
     root = etree.fromstring(domain_xml.encode())
     pins = {el.get("cpuset") for el in root.iterfind("cputune/vcpupin")}
     pins |= {el.get("cpuset") for el in root.iterfind("cputune/emulatorpin")}
     pins.discard(None)
     mac = root.find("devices/interface/mac")
+    args = (qemu_args or {}).get(root.findtext("name") or "", {})
     return GuestSpec(
         kernel=root.findtext("os/kernel") or "",
         initrd=root.findtext("os/initrd") or "",
@@ -143,11 +192,15 @@ def guest_spec(domain_xml: str) -> GuestSpec:
         vcpus=int(root.findtext("vcpu") or 1),
         cpus=",".join(sorted(pins)) or f"0-{os.cpu_count() - 1}",
         mac=mac.get("address") if mac is not None else "52:54:00:00:00:01",
+        cpu=args.get("-cpu", ""),
+        machine=args.get("-machine", "").split(",")[0],
     )
 
 
 def qemu_argv(spec: GuestSpec, directory: Path) -> list[str]:
-    """A plain TCG QEMU like the libvirt guest: same kernel/initrd/cmdline/memory/vCPUs, NIC, ready port."""
+    """A plain TCG QEMU like the libvirt guest: same kernel/initrd/cmdline/memory/vCPUs/CPU model, NIC,
+    ready port; no hugepages, seed disk, agent channel or RNG (the image is configured by its cmdline)."""
+    extra = (["-cpu", spec.cpu] if spec.cpu else []) + (["-machine", spec.machine] if spec.machine else [])
     return [
         "taskset",
         "-c",
@@ -155,6 +208,7 @@ def qemu_argv(spec: GuestSpec, directory: Path) -> list[str]:
         "qemu-system-x86_64",
         "-accel",
         "tcg",
+        *extra,
         "-m",
         f"{spec.memory_kib // 1024}M",
         "-smp",
@@ -249,16 +303,19 @@ def phase_values(run: JobRun) -> dict[str, float]:
         put("allocated -> script start", job.script_start, job.allocated)
     else:
         put("allocated -> prolog start", latest("prolog_start"), job.allocated)
-        per_node = [
-            n.guest_started - n.prolog_start
-            for n in job.nodes
-            if n.guest_started is not None and n.prolog_start is not None
-        ]
-        if per_node:
-            values["prolog start -> guest started"] = max(per_node)
-        boot = timeline.guest_boot(job)
-        if boot is not None:
-            values["guest boot (started -> ready)"] = boot.hi
+        before_libvirt, libvirt_and_boot = [], []
+        for node in job.nodes:
+            if (
+                None in (node.prolog_start, node.guest_started, node.guest_ready)
+                or "domain" not in node.steps
+            ):
+                continue
+            create_call = node.guest_started - node.steps["domain"]  # type: ignore[operator]
+            before_libvirt.append(create_call - node.prolog_start)  # type: ignore[operator]
+            libvirt_and_boot.append(node.guest_ready - create_call)  # type: ignore[operator]
+        if before_libvirt:
+            values["prolog start -> libvirt create"] = max(before_libvirt)
+            values["libvirt create -> guest ready"] = max(libvirt_and_boot)
         put("last guest ready -> script start", job.script_start, latest("guest_ready"))
         put("script end -> teardown done", latest("teardown_done"), job.script_end)
         for step, found in timeline.prolog_step_rows(job):
@@ -295,23 +352,24 @@ def report(results: dict[int, dict[str, list]], reps: int) -> str:
         lines.append("| phase | plain job | --vcluster job | over plain |")
         lines.append("|---|---|---|---|")
         rows = [
-            ("sbatch -> queued", "sbatch -> queued"),
-            ("queued -> allocated", "queued -> allocated"),
-            ("allocated -> prolog start", None),
-            ("prolog start -> guest started", None),
-            ("guest boot (started -> ready)", "qemu"),
-            ("last guest ready -> script start", "allocated -> script start"),
-            ("sbatch -> script start", "sbatch -> script start"),
-            ("script end -> teardown done", None),
+            ("sbatch -> queued", "sbatch -> queued", ""),
+            ("queued -> allocated", "queued -> allocated", ""),
+            ("allocated -> prolog start", None, ""),
+            ("prolog start -> libvirt create", None, ""),
+            ("libvirt create -> guest ready", "qemu", " (plain: QEMU launch -> ready)"),
+            (
+                "last guest ready -> script start",
+                "allocated -> script start",
+                " (plain: allocated -> script start)",
+            ),
+            ("sbatch -> script start", "sbatch -> script start", ""),
+            ("script end -> teardown done", None, ""),
         ]
-        for name, baseline in rows:
+        for name, baseline, note in rows:
             mine = vc.get(name)
             base = boot if baseline == "qemu" else plain.get(baseline) if baseline else None
-            label = name if baseline != "qemu" else name + " vs plain QEMU"
-            if baseline == "allocated -> script start":
-                label += " (plain: allocated -> script start)"
             extra = "" if mine is None or base is None else f"{mine - base:+.2f} s"
-            lines.append(f"| {label} | {fmt(base)} | {fmt(mine)} | {extra} |")
+            lines.append(f"| {name}{note} | {fmt(base)} | {fmt(mine)} | {extra} |")
         steps = {k[5:]: v for k, v in vc.items() if k.startswith("step ")}
         order = [s for s in timeline.PROLOG_STEPS if s in steps] + [
             s for s in steps if s not in timeline.PROLOG_STEPS
@@ -336,6 +394,7 @@ def main() -> int:
         raise SystemExit("run as root (the sandbox cluster)")
     sandbox = Sandbox(args.name)
     sandbox.up(nodes=max(counts))
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="vcbench-"))
     scratch = Path(tempfile.mkdtemp(prefix="vcbench-qemu-"))
     try:
@@ -353,7 +412,7 @@ def main() -> int:
             for n in order:
                 plain = submit_and_watch(sandbox, work, n, False, args.timeout)
                 vc = submit_and_watch(sandbox, work, n, True, args.timeout)
-                specs = [guest_spec(r.domain_xml) for r in vc.records.values() if r.domain_xml]
+                specs = [guest_spec(r.domain_xml, vc.qemu_args) for r in vc.records.values() if r.domain_xml]
                 if len(specs) != n:
                     raise SystemExit(f"job {vc.job.job_id}: got the domain XML of {len(specs)} of {n} guests")
                 boot = plain_qemu_boot(specs, scratch)
@@ -365,7 +424,9 @@ def main() -> int:
                     f"vc {vc.time_to_cluster:.2f} s, plain QEMU boot {boot:.2f} s",
                     flush=True,
                 )
+        load = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(load_before, os.getloadavg()))
         print(f"\n# {platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}")
+        print(f"# load average (1/5/15 min) at start/end: {load}")
         print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
         print(report(results, args.reps))
     finally:
