@@ -55,7 +55,7 @@ esac
 
 # Drivers the guest needs (the Debian kernel builds them as modules).  Order matters: each
 # module's dependencies come first, as `modprobe --show-depends` prints them.
-MODULES="virtio_pci virtio_net virtio_blk virtio_console isofs sr_mod ata_piix ahci"
+MODULES="virtio_pci virtio_net virtio_blk virtio_console virtio_rng isofs sr_mod ata_piix ahci"
 MODPATHS=$(for m in $MODULES; do
         modprobe -S "$KVER" --show-depends "$m" || die "module $m not found for $KVER"
     done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }')

@@ -155,6 +155,10 @@ class Qemu:
             f"tap,id=net0,ifname={self.net.tap},script=no,downscript=no",
             "-device",
             f"virtio-net-pci,netdev=net0,mac={self.mac},romfile=",
+            # Entropy at once (as libvirt domains get it): without it the guest's first
+            # getrandom() (the SSH host key) waits ~1 s under TCG for the kernel's pool.
+            "-device",
+            "virtio-rng-pci",
         ]
         for drive in self.drives:
             argv += ["-drive", drive]
