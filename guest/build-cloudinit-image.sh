@@ -12,6 +12,7 @@
 # Environment:
 #   CLOUDINIT_SUITE    Debian suite (default bookworm)
 #   CLOUDINIT_MIRROR   Debian mirror URI (default: the one apt uses here, see debian-mirror.py)
+#   CLOUDINIT_BOOTSTRAP  mmdebstrap (default when installed) or debootstrap
 #
 # Needs root, mmdebstrap (or debootstrap), e2fsprogs >= 1.43 (mkfs.ext4 -d), qemu-utils.
 set -eu
@@ -40,13 +41,14 @@ trap 'rm -rf "$WORK"' EXIT INT TERM
 ROOT=$WORK/root
 
 echo "build-cloudinit-image: $SUITE from $MIRROR"
-if command -v mmdebstrap >/dev/null; then
+BOOTSTRAP=${CLOUDINIT_BOOTSTRAP:-$(command -v mmdebstrap >/dev/null && echo mmdebstrap || echo debootstrap)}
+if [ "$BOOTSTRAP" = mmdebstrap ] && command -v mmdebstrap >/dev/null; then
     mmdebstrap --quiet --variant=minbase --components=main --include="$PACKAGES" \
         "$SUITE" "$ROOT" "$MIRROR"
-elif command -v debootstrap >/dev/null; then
+elif [ "$BOOTSTRAP" = debootstrap ] && command -v debootstrap >/dev/null; then
     debootstrap --variant=minbase --components=main --include="$PACKAGES" "$SUITE" "$ROOT" "$MIRROR" >/dev/null
 else
-    die "neither mmdebstrap nor debootstrap is installed"
+    die "$BOOTSTRAP is not installed (apt-get install mmdebstrap, or debootstrap)"
 fi
 
 # --- make it a clonable cloud image ------------------------------------------------------------

@@ -47,9 +47,10 @@ def _deb822_entries(text: str):
             yield uri, fields.get("suites", "").split(), fields.get("components", "").split()
 
 
-def find_mirror() -> str | None:
-    """The first plain Debian archive URI configured for apt, or None."""
-    files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*"))
+def find_mirror(files: list[str] | None = None) -> str | None:
+    """The first plain Debian archive URI configured for apt (in ``files``), or None."""
+    if files is None:
+        files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*"))
     for path in files:
         try:
             with open(path, encoding="utf-8") as handle:
