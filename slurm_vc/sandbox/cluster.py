@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ from .render import (
     SiteOptions,
     render_cgroup_conf,
     render_hook_wrapper,
+    render_launcher,
     render_plugstack_conf,
     render_slurm_conf,
     site_config_mapping,
@@ -123,7 +125,7 @@ class Sandbox:
         except KeyError:
             home = "/"
         env = {
-            "PATH": f"{venv_bin()}:{SYSTEM_PATH}",
+            "PATH": self._path(),
             "SLURM_CONF": str(self.layout.slurm_conf),
             "SLURM_VC_CONFIG": str(self.layout.login_config),
             "HOME": home,
@@ -134,6 +136,10 @@ class Sandbox:
         if "TERM" in os.environ:
             env["TERM"] = os.environ["TERM"]
         return env
+
+    def _path(self) -> str:
+        """PATH for everything run against the sandbox: its slurm-vc launcher, the venv, the system."""
+        return f"{self.layout.bin}:{venv_bin()}:{SYSTEM_PATH}"
 
     def is_up(self) -> bool:
         """True when up completed and every recorded daemon is still alive."""
@@ -179,7 +185,7 @@ class Sandbox:
         self._down_locked(keep_logs=False)
         self._check_collisions()
         layout = self.layout
-        for sub in ("etc", "bin", "log", "run", "munge", "ctld/state", "libvirt"):
+        for sub in ("etc", "bin", "hooks", "log", "run", "munge", "ctld/state", "libvirt"):
             (layout.base / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(layout.base, 0o755)
         state = SandboxState(layout.state_file)
@@ -219,8 +225,9 @@ class Sandbox:
     ) -> None:
         if ensure_user(user):
             state.set("created_user", user)
-        hooks, warnings = self._install_hooks()
-        warnings += check_user_can_run_python(user)
+        warnings = self._install_launcher(user)
+        hooks, hook_warnings = self._install_hooks()
+        warnings += hook_warnings
         for warning in warnings:
             self._say("warning: " + warning)
         state.set("warnings", warnings)
@@ -268,11 +275,18 @@ class Sandbox:
                     "choose another --name"
                 ) from None
 
+    def _install_launcher(self, user: str) -> list[str]:
+        """Write bin/slurm-vc with a Python the job user can run; warnings when there is none."""
+        python, pythonpath, warnings = pick_python(user)
+        self.layout.launcher.write_text(render_launcher(python, pythonpath))
+        os.chmod(self.layout.launcher, 0o755)
+        return warnings
+
     def _install_hooks(self) -> tuple[Hooks, list[str]]:
         """Wrappers for the working tree's prolog/epilog/task prolog, and the SPANK plugin."""
         layout = self.layout
         warnings: list[str] = []
-        path_dirs = [venv_bin(), *SYSTEM_PATH.split(":")]
+        path_dirs = self._path().split(":")
         found = find_hook_executables(REPO)
         wrappers: dict[str, Optional[str]] = {}
         for role in ("prolog", "epilog", "task-prolog", "exec"):
@@ -283,14 +297,14 @@ class Sandbox:
                 )
                 wrappers[role] = None
                 continue
-            wrapper = layout.bin / (role if role != "exec" else "slurm-vc-exec")
+            wrapper = layout.hooks / (role if role != "exec" else "slurm-vc-exec")
             wrapper.write_text(render_hook_wrapper(layout, path_dirs, [target]))
             os.chmod(wrapper, 0o755)
             wrappers[role] = str(wrapper)
         plugin, warning = build_spank_plugin(REPO)
         plugstack = None
         if plugin:
-            args = spank_args(layout, wrappers["exec"])
+            args = spank_args(layout, str(layout.launcher), wrappers["exec"])
             layout.plugstack_conf.write_text(render_plugstack_conf(plugin, args))
             plugstack = str(layout.plugstack_conf)
         else:
@@ -330,7 +344,7 @@ class Sandbox:
 
     def _daemon_env(self) -> dict[str, str]:
         return {
-            "PATH": f"{venv_bin()}:{SYSTEM_PATH}",
+            "PATH": self._path(),
             "LANG": "C.UTF-8",
             "SLURM_CONF": str(self.layout.slurm_conf),
         }
@@ -880,36 +894,64 @@ def find_hook_executables(repo: Path) -> dict[str, str]:
     return found
 
 
-def check_user_can_run_python(user: str) -> list[str]:
-    """Warnings when the job user cannot run this Python (slurm-vc in jobs, the submit-time validator).
+SYSTEM_PYTHON = "/usr/bin/python3"
 
-    A venv made from a Python under /root (pyenv) is unusable for anyone but root.
-    """
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return [f"job user {user!r} does not exist"]
+
+def _try_as(entry: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> Optional[str]:
+    """Run ``argv`` as the user ``entry``; None when it succeeds, else why not."""
     try:
         result = subprocess.run(
-            [sys.executable, "-c", "import slurm_vc.cli"],
+            argv,
             capture_output=True,
             text=True,
             user=entry.pw_uid,
             group=entry.pw_gid,
             extra_groups=[],
             cwd="/",
-            env={"PATH": SYSTEM_PATH, "HOME": entry.pw_dir},
+            env={"PATH": SYSTEM_PATH, "HOME": entry.pw_dir, **env},
+            timeout=60,
         )
-        if result.returncode == 0:
-            return []
-        why = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-    return [
-        f"job user {user} cannot run {sys.executable} ({why}): `slurm-vc` inside jobs and the --vcluster "
-        "validator at submit will fail for that user; build the venv from a Python every user can run "
-        "(e.g. PYTHON=/usr/bin/python3 scripts/install-deps.sh)"
-    ]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    if result.returncode == 0:
+        return None
+    return (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+
+
+def pick_python(user: str) -> tuple[str, list[str], list[str]]:
+    """(python, PYTHONPATH entries, warnings) for running slurm-vc as the job user.
+
+    This venv's Python when the user can run it (a fresh Debian machine: the venv is made from
+    /usr/bin/python3).  A venv made from a Python under /root (pyenv) is unusable for anyone else:
+    then the system Python of the same version runs slurm_vc from the working tree with the venv's
+    site-packages (compiled wheels are per minor version, so they load).  Else a warning.
+    """
+    check = [sys.executable, "-c", "import slurm_vc.cli, slurm_vc.config"]
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return sys.executable, [], [f"job user {user!r} does not exist"]
+    why = _try_as(entry, check, {})
+    if why is None:
+        return sys.executable, [], []
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    pythonpath = [str(REPO), *site]
+    same_version = f"import sys; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}"
+    fallback = [SYSTEM_PYTHON, "-c", same_version + "; import slurm_vc.cli, slurm_vc.config"]
+    if (
+        os.path.exists(SYSTEM_PYTHON)
+        and _try_as(entry, fallback, {"PYTHONPATH": ":".join(pythonpath)}) is None
+    ):
+        return SYSTEM_PYTHON, pythonpath, []
+    return (
+        sys.executable,
+        [],
+        [
+            f"job user {user} cannot run {sys.executable} ({why}): `slurm-vc` inside jobs and the --vcluster"
+            " validator at submit will fail for that user; build the venv from a Python every user can run"
+            " (e.g. PYTHON=/usr/bin/python3 scripts/install-deps.sh)"
+        ],
+    )
 
 
 def build_spank_plugin(repo: Path) -> tuple[Optional[str], Optional[str]]:
@@ -928,9 +970,9 @@ def build_spank_plugin(repo: Path) -> tuple[Optional[str], Optional[str]]:
     return str(built[0]), None
 
 
-def spank_args(layout: SandboxLayout, wrapper: Optional[str]) -> list[str]:
+def spank_args(layout: SandboxLayout, validator: str, wrapper: Optional[str]) -> list[str]:
     """plugstack.conf arguments: the validator and its config, and the task wrapper (or wrap=0)."""
-    args = [f"validator={venv_bin()}/slurm-vc", f"config={layout.login_config}"]
+    args = [f"validator={validator}", f"config={layout.login_config}"]
     args.append(f"wrapper={wrapper}" if wrapper else "wrap=0")
     return args
 

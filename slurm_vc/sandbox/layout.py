@@ -12,10 +12,11 @@ Layout of the base directory (``/var/lib/slurm-vc-sandbox/<name>/``)::
     etc/cgroup.conf            minimal, so slurmd does not complain
     etc/vcluster.toml          the login-side site config (validator at submit)
     etc/vcluster-<node>.toml   each node's site config (its own libvirtd socket and state dir)
-    bin/prolog, bin/epilog, bin/task-prolog
+    hooks/prolog, hooks/epilog, hooks/task-prolog, hooks/slurm-vc-exec
                                wrappers: pick etc/vcluster-$SLURMD_NODENAME.toml, set PATH, exec the
                                working tree's prolog/epilog (Slurm runs them with no PATH, and
                                slurm.conf is shared, so the node's config must be chosen at run time)
+    bin/slurm-vc               `slurm-vc` for every user (first on the sandbox's PATH; the validator)
     munge/                     the sandbox's own munged (socket, pid, log, seed), owned by munge
     ctld/state/                slurmctld StateSaveLocation
     nodes/<node>/spool/        SlurmdSpoolDir (%n)
@@ -101,6 +102,15 @@ class SandboxLayout:
     @property
     def bin(self) -> Path:
         return self.base / "bin"
+
+    @property
+    def hooks(self) -> Path:
+        return self.base / "hooks"
+
+    @property
+    def launcher(self) -> Path:
+        """``slurm-vc`` usable by every user of the sandbox (see cluster.pick_python)."""
+        return self.bin / "slurm-vc"
 
     @property
     def log(self) -> Path:

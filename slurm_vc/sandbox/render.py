@@ -134,6 +134,17 @@ def render_hook_wrapper(layout: SandboxLayout, path_dirs: Sequence[str], target:
     )
 
 
+def render_launcher(python: str, pythonpath: Sequence[str] = ()) -> str:
+    """``bin/slurm-vc``: run slurm_vc with ``python`` (plus ``pythonpath`` entries when given)."""
+    lines = ["#!/bin/sh", "# Written by `slurm-vc sandbox up`: slurm-vc for every user of the sandbox."]
+    if pythonpath:
+        joined = shlex.quote(":".join(pythonpath))
+        lines.append(f'PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+        lines.append("export PYTHONPATH")
+    lines.append(f'exec {shlex.quote(python)} -m slurm_vc "$@"')
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class SiteOptions:
     """What differs between the sandbox's site configs and the defaults."""

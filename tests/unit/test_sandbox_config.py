@@ -19,6 +19,7 @@ from slurm_vc.sandbox.render import (
     Hooks,
     SiteOptions,
     render_hook_wrapper,
+    render_launcher,
     render_plugstack_conf,
     render_slurm_conf,
     site_config_mapping,
@@ -251,11 +252,12 @@ def test_find_hooks_needs_executables(tmp_path: Path) -> None:
 
 def test_plugstack_line_and_args() -> None:
     layout = layout_for("vcsbx", root="/r")
-    args = spank_args(layout, "/r/vcsbx/bin/slurm-vc-exec")
+    args = spank_args(layout, str(layout.launcher), "/r/vcsbx/hooks/slurm-vc-exec")
     assert f"config={layout.login_config}" in args
-    assert "wrapper=/r/vcsbx/bin/slurm-vc-exec" in args
+    assert "wrapper=/r/vcsbx/hooks/slurm-vc-exec" in args
+    assert f"validator={layout.launcher}" in args
     assert all("=" in arg for arg in args)
-    assert "wrap=0" in spank_args(layout, None)
+    assert "wrap=0" in spank_args(layout, str(layout.launcher), None)
     line = render_plugstack_conf("/x/vcluster.so", args)
     assert line.startswith("required /x/vcluster.so validator=/") and line.endswith("\n")
 
@@ -267,3 +269,19 @@ def test_layout_libvirt_socket_matches_the_launcher(tmp_path: Path) -> None:
     daemon = PrivateLibvirtd("node2", layout.libvirt_dir, netns=layout.netns("node2"))
     assert daemon.socket_path == layout.libvirt_socket("node2")
     assert daemon.uri == layout.libvirt_uri("node2")
+
+
+def test_launcher_runs_slurm_vc_with_the_given_python_and_path(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$PYTHONPATH|$*"\n')
+    fake.chmod(0o755)
+    launcher = tmp_path / "slurm-vc"
+    launcher.write_text(render_launcher(str(fake), ["/repo", "/site"]))
+    launcher.chmod(0o755)
+    out = subprocess.run(
+        [str(launcher), "hosts", "a b"], env={"PYTHONPATH": "/x"}, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "/repo:/site:/x|-m slurm_vc hosts a b"
+    launcher.write_text(render_launcher(str(fake)))
+    out = subprocess.run([str(launcher), "gc"], env={}, capture_output=True, text=True)
+    assert out.stdout.strip() == "|-m slurm_vc gc"
