@@ -153,7 +153,7 @@ def ctld_events(log_text: str, job_id: str | int) -> dict[str, float]:
         when = parse_log_time(match.group(1))
         if "_slurm_rpc_submit_batch_job" in message:
             events.setdefault("submit", when)
-        elif message.startswith("sched: Allocate") or "sched/backfill" in message and "Allocate" in message:
+        elif message.startswith("sched: Allocate") or ("sched/backfill" in message and "Started" in message):
             events["allocated"] = when
         elif "_job_complete" in message and "WEXITSTATUS" in message:
             events["job_end"] = when

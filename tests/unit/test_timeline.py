@@ -200,6 +200,8 @@ def test_ctld_events_match_the_exact_job_and_take_the_last_allocation():
     assert events["job_end"] == pytest.approx(T0 + 9.0, abs=1e-3)
     assert timeline.ctld_events(log, 150)["allocated"] == pytest.approx(T0 + 0.05, abs=1e-3)
     assert timeline.ctld_events(log, 1) == {}
+    backfill = f"[{stamp(4.0)}] sched/backfill: _start_job: Started JobId=16 in vc on node1"
+    assert timeline.ctld_events(backfill, 16)["allocated"] == pytest.approx(T0 + 4.0, abs=1e-3)
 
 
 def test_node_times_from_lifecycle_meta_and_published_view():
