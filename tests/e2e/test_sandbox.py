@@ -158,7 +158,11 @@ def test_up_jobs_status_exec_down(sb: SandboxCli) -> None:
     # exec runs as the job user by default, as root on request, with the sandbox's commands on PATH.
     assert sb.exec("id", "-un").stdout.strip() == "vcuser"
     assert sb.exec("id", "-un", user="root").stdout.strip() == "root"
-    assert sb.exec("sh", "-c", "command -v slurm-vc").stdout.strip() == SLURM_VC
+    assert sb.exec("sh", "-c", "command -v slurm-vc").stdout.strip() == str(sb.layout.launcher)
+    # ... and slurm-vc runs for the job user (the SPANK validator uses the same launcher).
+    validate = sb.exec("slurm-vc", "validate-request", "tiny")
+    assert validate.returncode == 0, validate.stderr
+    assert sb.exec("slurm-vc", "validate-request", "no-such-image").returncode == 2
     assert sb.exec("squeue", "-h").returncode == 0
 
     status = sb.cli("status", "--json")
