@@ -77,7 +77,6 @@ DAEMON_COMMS = (
     "python3",
     "qemu-system-x86",  # comm is cut at 15 characters
 )
-HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
 
 
 def venv_bin() -> str:
@@ -200,7 +199,6 @@ class Sandbox:
             "netns": [],
             "links": [],
             "warnings": [],
-            "hugepages": _hugepage_counts(),
             "started": time.time(),
         }
         state.save()
@@ -653,20 +651,21 @@ class Sandbox:
         for thread in threads:
             thread.join()
 
-    def other_sandboxes_up(self) -> list[str]:
-        """Names of other sandboxes under the same root whose daemons are alive."""
-        root = Path(self.layout.root)
-        names = []
-        if root.is_dir():
-            for entry in sorted(root.iterdir()):
-                if entry.name == self.layout.name or not (entry / "state.json").exists():
-                    continue
-                try:
-                    if Sandbox(entry.name, str(root), quiet=True).is_up():
-                        names.append(entry.name)
-                except UsageError:
-                    continue
-        return names
+    def _release_hugepages(self, node: str) -> None:
+        """Release every hugepage ledger left in ``node``'s state dir (slurm_vc.hugepages)."""
+        ledger_dir = self.layout.node_state_dir(node) / "hugepages"
+        if not any(ledger_dir.glob("*.json")):
+            return
+        try:
+            from ..config import load_config
+            from ..hugepages import HugepagePool
+
+            pool = HugepagePool.from_config(load_config(str(self.layout.node_config(node))))
+            for ledger in pool.list_ledgers():
+                self._say(f"releasing hugepages of job {ledger.job_id} on {node}")
+                pool.release(ledger.job_id)
+        except Exception as exc:  # down must go on; report what is left
+            self._say(f"warning: cannot release hugepages on {node}: {exc}")
 
     # -- down -----------------------------------------------------------------------------------
     def down(self, keep_logs: bool = True) -> None:
@@ -730,10 +729,14 @@ class Sandbox:
         for link in sorted(set(data.get("links", [])) | set(net.host_links(layout.link_prefix))):
             net.delete_link(link)
 
-        # 7. Hugepage pools grown while the sandbox ran (the lifecycle's epilog normally releases them
-        #    per its ledgers; this is the safety net).  Another running sandbox may own the growth.
-        if not self.other_sandboxes_up():
-            _restore_hugepages(data.get("hugepages", {}))
+        # 7. Hugepages still reserved by a job (the epilog or gc normally released them): release
+        #    exactly what each node's ledgers say, now that no guest uses them.  Never a blunt reset
+        #    of nr_hugepages: other sandboxes and tests on this machine grow the same pools.
+        node_names_seen = set(data.get("nodes", []))
+        if (layout.base / "nodes").is_dir():
+            node_names_seen |= {p.name for p in (layout.base / "nodes").iterdir() if p.is_dir()}
+        for node in sorted(node_names_seen):
+            self._release_hugepages(node)
 
         # 8. Files: everything but the logs (kept for a post-mortem unless asked).
         if not keep_logs:
@@ -1039,25 +1042,3 @@ def _total_memory_mb() -> int:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) // 1024
     return 4096
-
-
-def _hugepage_counts() -> dict[str, int]:
-    """Page-size dir -> nr_hugepages, recorded at up so down can shrink pools grown while it ran."""
-    counts = {}
-    if HUGEPAGES_SYSFS.is_dir():
-        for entry in HUGEPAGES_SYSFS.iterdir():
-            try:
-                counts[entry.name] = int((entry / "nr_hugepages").read_text())
-            except (OSError, ValueError):
-                continue
-    return counts
-
-
-def _restore_hugepages(recorded: dict[str, int]) -> None:
-    for size_dir, count in recorded.items():
-        path = HUGEPAGES_SYSFS / size_dir / "nr_hugepages"
-        try:
-            if int(path.read_text()) > int(count):
-                path.write_text(str(count))
-        except (OSError, ValueError):
-            continue

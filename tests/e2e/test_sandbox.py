@@ -258,6 +258,24 @@ def test_down_with_running_jobs(sb: SandboxCli) -> None:
     assert not [ref for ref in before if procs.alive(ref)]
 
 
+def test_down_releases_hugepages_left_in_ledgers(sb: SandboxCli) -> None:
+    """A reservation no epilog released (e.g. slurmd died) is released at down, exactly per its ledger."""
+    from slurm_vc.config import load_config
+    from slurm_vc.hugepages import HugepagePool
+
+    assert sb.cli("up", "--nodes", "1", "--no-libvirt").returncode == 0
+    pool = HugepagePool.from_config(load_config(str(sb.layout.node_config("node1"))))
+    page = 2 * 1024 * 1024
+    pool.reserve("4242", page, {0: 2})
+    ledger = pool.ledger("4242")
+    assert ledger is not None and ledger.nodes[0].added >= 2
+    down = sb.cli("down")
+    assert down.returncode == 0, down.stderr
+    assert "releasing hugepages of job 4242 on node1" in down.stderr
+    assert pool.ledger("4242") is None
+    assert not any(leftovers(sb.name).values())
+
+
 @pytest.mark.parametrize("step", ["network", "slurmctld", "slurmd"])
 def test_up_after_interrupted_up(sb: SandboxCli, step: str) -> None:
     crashed = sb.cli("up", "--nodes", "2", env={**os.environ, CRASH_ENV: step})
