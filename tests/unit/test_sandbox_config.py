@@ -285,3 +285,27 @@ def test_launcher_runs_slurm_vc_with_the_given_python_and_path(tmp_path: Path) -
     launcher.write_text(render_launcher(str(fake)))
     out = subprocess.run([str(launcher), "gc"], env={}, capture_output=True, text=True)
     assert out.stdout.strip() == "|-m slurm_vc gc"
+
+
+def test_process_identity_survives_only_with_the_same_start_time() -> None:
+    from slurm_vc.sandbox import procs
+
+    me = procs.ref_of(os.getpid())
+    assert me is not None and procs.alive(me)
+    assert not procs.alive(procs.ProcRef(me.pid, me.start + 1))  # a recycled PID is another process
+    assert procs.ProcRef.from_json(me.to_json()) == me
+
+
+def test_state_is_written_at_once_and_survives_garbage(tmp_path: Path) -> None:
+    from slurm_vc.sandbox.state import SandboxState
+
+    path = tmp_path / "state.json"
+    state = SandboxState(path)
+    state.add_to("netns", "a")
+    state.add_to("netns", "a")
+    state.record_proc("munged", {"pid": 1, "start": 2})
+    again = SandboxState.load(path)
+    assert again.data == {"netns": ["a"], "procs": {"munged": {"pid": 1, "start": 2}}}
+    path.write_text("{not json")
+    assert SandboxState.load(path).data == {}
+    assert SandboxState.load(tmp_path / "missing.json").data == {}
