@@ -176,3 +176,22 @@ def test_build_is_cached_and_reproducible(tiny_image, tmp_path):
     assert fresh.returncode == 0, fresh.stderr
     assert "built" in fresh.stdout
     assert (tmp_path / "fresh" / "initrd.img").read_bytes() == (tiny_image / "initrd.img").read_bytes()
+
+
+def test_tiny_guest_without_configuration_never_reports_ready(tiny_image, tmp_path):
+    """No seed disk and no vc.* parameters: a failure line on the console, no ready line."""
+    with PrivateNet(host_ip="10.233.4.1", prefixlen=24, host_mac="52:54:00:e9:04:01", mtu=1500) as net:
+        vm = Qemu(
+            net=net,
+            workdir=tmp_path,
+            mac="52:54:00:e9:04:0a",
+            kernel=str(tiny_image / "vmlinuz"),
+            initrd=str(tiny_image / "initrd.img"),
+            append="console=ttyS0 quiet",
+        )
+        with vm:
+            vm.wait_for_line(vm.console, "slurm-vc-init: done", READY_TIMEOUT)  # /init has finished
+            console = vm.console.read_text()
+            assert "SLURM-VC-FAILED no configuration" in console
+            assert "SLURM-VC-READY" not in console
+            assert not vm.ready_log.exists() or "SLURM-VC-READY" not in vm.ready_log.read_text()
