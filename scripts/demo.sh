@@ -88,6 +88,11 @@ SANDBOX_UP=1
 "$SLURM_VC" sandbox up --name "$NAME" --nodes "$NODES" >/dev/null || fail "sandbox up failed"
 as_root sinfo -h -N -o '   %N: %T, %c CPUs, %m MB' || fail "sinfo failed"
 JOB_USER=$("$PY" -c "from slurm_vc.sandbox.cluster import Sandbox; print(Sandbox('$NAME', quiet=True).user)")
+# sbatch runs the --vcluster validator (slurm-vc from this venv) as the job user.
+in_sandbox -- "$SLURM_VC" --help >/dev/null 2>&1 ||
+  fail "the job user $JOB_USER cannot run $SLURM_VC: the checkout or the venv's Python is not reachable by
+   other users (e.g. under /root, or a pyenv Python in /root). Put the checkout in a world-readable
+   directory, or rebuild the venv from the system Python: rm -rf .venv && PYTHON=/usr/bin/python3 make demo"
 
 # The job's files live where the job user can read and write them, whatever the checkout's permissions.
 mkdir -p "$OUT"
