@@ -36,11 +36,19 @@ _TABLE_RE = re.compile(r"^" + TABLE_PREFIX + r"([0-9]+)$")
 # ----------------------------------------------------------------------------- running tools
 
 
+def _which(name: str) -> Optional[str]:
+    return shutil.which(name, path=os.environ.get("PATH") or TOOL_PATH) or shutil.which(name, path=TOOL_PATH)
+
+
 def _tool(name: str) -> str:
-    path = shutil.which(name, path=os.environ.get("PATH") or TOOL_PATH) or shutil.which(name, path=TOOL_PATH)
+    path = _which(name)
     if not path:
         raise NetworkError(f"'{name}' is not installed on this node (needed for the guest network)")
     return path
+
+
+def _has_tool(name: str) -> bool:
+    return _which(name) is not None
 
 
 def _command(argv: Sequence[str], netns: Optional[str]) -> list[str]:
@@ -238,7 +246,9 @@ table bridge {table} {{
 
 
 def isolated_jobs(*, netns: Optional[str] = None) -> list[int]:
-    """Job ids that have an isolation table in this namespace (for gc)."""
+    """Job ids that have an isolation table in this namespace (for gc); none without nft."""
+    if not _has_tool("nft"):
+        return []
     tool = _run(["nft", "-j", "list", "tables", "bridge"], netns)
     jobs = []
     for item in json.loads(tool.stdout or "{}").get("nftables", []):
@@ -307,7 +317,9 @@ def apply_isolation(
 
 
 def remove_isolation(job_id: int, *, netns: Optional[str] = None) -> None:
-    """Remove job ``job_id``'s table; idempotent (no table is not an error)."""
+    """Remove job ``job_id``'s table; idempotent (no table, or no nft at all, is not an error)."""
+    if not _has_tool("nft"):
+        return  # nothing can have been installed
     table = table_name(job_id)
     # Creating then deleting in one transaction succeeds whether or not the table exists.
     _run(["nft", "-f", "-"], netns, stdin=f"table bridge {table}\ndelete table bridge {table}\n")

@@ -275,3 +275,45 @@ def test_ruleset_is_accepted_by_nft(node, ports):
         command, input="table bridge x { chain c { nonsense } }\n", capture_output=True, text=True
     )
     assert broken.returncode != 0
+
+
+# ------------------------------------------------------------------------ host-side decisions without root
+
+
+def _link(kind, mtu=1500, up=True):
+    return {
+        "mtu": mtu,
+        "flags": ["BROADCAST", "UP"] if up else ["BROADCAST"],
+        "linkinfo": {"info_kind": kind},
+    }
+
+
+@pytest.mark.parametrize(
+    ("link", "mtu", "message"),
+    [
+        (None, 1500, r"bridge 'vcbr0' does not exist on this node.*network\.bridge in /etc/x\.toml"),
+        (_link("veth"), 1500, r"'vcbr0' exists but is a veth interface, not a bridge"),
+        (_link("bridge", up=False), 1500, r"bridge 'vcbr0' is down"),
+        (_link("bridge", mtu=1500), 9000, r"MTU 1500, smaller than network\.mtu = 9000 in /etc/x\.toml"),
+    ],
+)
+def test_check_bridge_messages(monkeypatch, link, mtu, message):
+    monkeypatch.setattr(netdev, "link_info", lambda name, netns=None: link)
+    with pytest.raises(NetworkError, match=message):
+        netdev.check_bridge("vcbr0", mtu, source="/etc/x.toml")
+
+
+def test_check_bridge_accepts_a_larger_mtu(monkeypatch):
+    monkeypatch.setattr(netdev, "link_info", lambda name, netns=None: _link("bridge", mtu=9000))
+    netdev.check_bridge("vcbr0", 1500)
+
+
+def test_without_nft_teardown_is_a_no_op_and_apply_says_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(netdev, "TOOL_PATH", str(tmp_path))
+    netdev.remove_isolation(7)
+    assert netdev.isolated_jobs() == []
+    net = job_network(7, NODES, SMALL)
+    with pytest.raises(NetworkError, match=r"'nft' is not installed"):
+        netdev.apply_isolation(net)
+    netdev.apply_isolation(job_network(7, NODES, SMALL.model_copy(update={"isolation": "none"})))()
