@@ -27,10 +27,12 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-from .config import NetworkSettings
 from .errors import ConfigError, PlacementError, SlurmError, UsageError
+
+if TYPE_CHECKING:  # only a type here: importing network.py does not pull in pydantic
+    from .config import NetworkSettings
 
 IFNAMSIZ = 15  # longest Linux interface name (16 bytes with the NUL)
 TAP_PREFIX = "vct"  # every guest tap starts with this; the isolation rules rely on it
