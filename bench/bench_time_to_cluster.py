@@ -12,8 +12,9 @@ over all alike):
   plain   ``sbatch -N n job.sh``                     the job script prints ``SCRIPT_START <epoch>``
   vc      ``sbatch -N n --vcluster=tiny job.sh``     same script; the prolog boots a guest per node
   qemu    n ``qemu-system-x86_64 -accel tcg`` at once, with the kernel, initrd, kernel command line,
-          memory and vCPUs of the vc run's guests, pinned (taskset) to the CPUs libvirt pinned them
-          to; time from launch to the guest's ready line (the slowest of the n)
+          memory, vCPUs and CPU model of the vc run's guests, pinned (taskset) to the CPUs libvirt
+          pinned them to, each in a cpu cgroup beside libvirt's guests (same CPU weight as they get);
+          time from launch to the guest's ready line (the slowest of the n)
 
 Overhead = (vc script start - plain script start) - plain-QEMU boot, from medians.  Per phase, from
 the vc job's timeline (slurm_vc.timeline, collected by slurm_vc.jobwatch): sbatch -> queued (the
@@ -239,23 +240,52 @@ def qemu_argv(spec: GuestSpec, directory: Path) -> list[str]:
     ]
 
 
+# libvirt puts every guest in a cgroup under "machine", so all guests on the machine share that
+# group's CPU weight against the other processes.  A plain QEMU left in the root group would get a
+# whole root-level share on a loaded machine and look several times faster than it is: give it a
+# cgroup next to the libvirt guests instead (and remove it afterwards).
+CPU_MACHINE_CGROUPS = (Path("/sys/fs/cgroup/cpu/machine"), Path("/sys/fs/cgroup/machine"))
+
+
+def machine_cgroup(name: str) -> Optional[Path]:
+    """Create a cgroup for a plain QEMU beside libvirt's guests; None where there is no such tree."""
+    for parent in CPU_MACHINE_CGROUPS:
+        if (parent / "cgroup.procs").exists():
+            path = parent / name
+            path.mkdir(exist_ok=True)
+            return path
+    return None
+
+
+def remove_cgroup(path: Optional[Path]) -> None:
+    if path is None:
+        return
+    for _ in range(50):  # the cgroup empties when QEMU's last thread is gone
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, timeout: float = 300) -> float:
     """Start one QEMU per spec at once; seconds until the last one printed its ready line."""
     procs = []
+    groups = [machine_cgroup(f"vcbench-plain-{os.getpid()}-{index}") for index in range(len(specs))]
     try:
         started = time.monotonic()
         for index, spec in enumerate(specs):
             directory = Path(tempfile.mkdtemp(prefix=f"q{index}-", dir=scratch))
             log = open(directory / "qemu.log", "wb")
-            procs.append(
-                (
-                    directory,
-                    subprocess.Popen(
-                        qemu_argv(spec, directory), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-                    ),
-                )
+            proc = subprocess.Popen(
+                qemu_argv(spec, directory), stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
             log.close()
+            procs.append((directory, proc))
+            if groups[index] is not None:
+                (groups[index] / "cgroup.procs").write_text(str(proc.pid))  # taskset execs QEMU: same PID
         ready: dict[int, float] = {}
         deadline = started + timeout
         while len(ready) < len(procs):
@@ -279,6 +309,8 @@ def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, timeout: float = 300)
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=30)
+        for group in groups:
+            remove_cgroup(group)
 
 
 # ------------------------------------------------------------------------------------------ phases
