@@ -33,6 +33,10 @@ FORWARDED_ENV = (
     "SLURM_NPROCS",
     "SLURM_CPUS_PER_TASK",
     "OMP_NUM_THREADS",
+    "VC_HOSTS",
+    "VC_IPS",
+    "VC_NODES",
+    "VC_LOCAL_GUEST",
 )
 
 

@@ -89,8 +89,14 @@ def test_remote_command_env_and_absolute_program_fallback():
 
 
 def test_forwarded_env_only_task_identity():
-    env = {"SLURM_PROCID": "1", "SLURM_JOB_ID": "42", "HOME": "/home/alice", "VC_SSH_KEY": "/k"}
-    assert guestexec.forwarded_env(env) == {"SLURM_JOB_ID": "42", "SLURM_PROCID": "1"}
+    env = {
+        "SLURM_PROCID": "1",
+        "SLURM_JOB_ID": "42",
+        "HOME": "/home/alice",
+        "VC_SSH_KEY": "/k",
+        "VC_HOSTS": "a,b",
+    }
+    assert guestexec.forwarded_env(env) == {"SLURM_JOB_ID": "42", "SLURM_PROCID": "1", "VC_HOSTS": "a,b"}
 
 
 def test_run_parallel_labels_lines_and_reports_exit_codes(job):
