@@ -355,8 +355,99 @@ def fmt_rate(rate: float) -> str:
     return f"{rate * 8 / 1e9:.2f} Gbit/s" if rate * 8 >= 1e9 else f"{rate * 8 / 1e6:.0f} Mbit/s"
 
 
+def interleaved(paths: dict, tools: list[str], reps: int, seconds: float) -> dict[tuple[str, str], float]:
+    """Median rate per (path, tool); rounds interleave the paths so outside load hits them alike."""
+    sizes = {name: calibrate(*pair, seconds) for name, pair in paths.items()} if "nc" in tools else {}
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(reps):
+        for name, (sender, receiver) in paths.items():
+            for tool in tools:
+                if tool == "iperf3":
+                    rate = iperf3(sender, receiver, seconds)
+                else:
+                    rate = transfer(sender, receiver, sizes[name])
+                samples.setdefault((name, tool), []).append(rate)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def slurm_vc(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "slurm_vc", *argv], timeout=timeout)
+
+
+def sandbox_rows(mtu: int, reps: int, seconds: float) -> list[tuple]:
+    """Guest-to-guest on a real --vcluster job of a 2-node sandbox cluster vs its two nodes' hosts.
+
+    The guests are the tiny image started by the Slurm prolog through each node's libvirtd, with the
+    prolog's isolation rules; they have busybox but no iperf3, so the comparison uses dd|nc, and
+    iperf3 between the hosts is given as a reference.
+    """
+    from slurm_vc.config import load_config
+    from slurm_vc.jobenv import jobenv_dir
+
+    name = f"nwb{os.getpid() % 100000}"[:8]
+    base = Path("/var/lib/slurm-vc-sandbox") / name
+    nodes = ["node1", "node2"]
+    slurm_vc("sandbox", "up", "--name", name, "--nodes", "2", "--mtu", str(mtu), "--guest-mtu", str(mtu))
+    job = 0
+    try:
+        submit = slurm_vc("sandbox", "exec", "--name", name, "--", "sbatch", "--parsable", "-N2",
+                          "--vcluster=tiny", "--wrap", "sleep 1800")  # fmt: skip
+        job = int(submit.stdout.strip().split(";")[0])
+        deadline = time.monotonic() + 900
+        while True:  # RUNNING with the prolog done on every node = every guest is ready
+            info = slurm_vc("sandbox", "exec", "--name", name, "--user", "root", "--",
+                            "scontrol", "show", "job", "-o", str(job)).stdout  # fmt: skip
+            state = re.search(r"JobState=(\S+)", info).group(1)
+            if state == "RUNNING" and "Reason=Prolog" not in info:
+                break
+            if state not in ("PENDING", "CONFIGURING", "RUNNING") or time.monotonic() > deadline:
+                output = Path(base, "..", "..", "..", "home", "vcuser", f"slurm-{job}.out")
+                raise RuntimeError(f"job {job} never ran ({state}): {info.strip()} {output}")
+            time.sleep(1)
+        hosts, guests = {}, {}
+        for node in nodes:
+            config = load_config(str(base / "etc" / f"vcluster-{node}.toml"))
+            netns = f"{name}-{node}"
+            addresses = json.loads(
+                run(ns_cmd(netns, "ip", "-j", "-4", "addr", "show", "dev", config.network.bridge)).stdout
+            )
+            host_ip = addresses[0]["addr_info"][0]["local"]
+            hosts[node] = Endpoint(f"host {node}", netns, host_ip, applet_prefix=f"{BUSYBOX} ")
+            network = job_network(job, nodes, config.network)
+            key = jobenv_dir(config.state_dir, job) / "id_ed25519"
+            guests[node] = Endpoint(f"guest on {node}", netns, network.guest_on(node).ip, ssh_key=str(key))
+            # Where the guest's vCPU sits explains much of a TCG guest's rate: say it.
+            uri = config.host.libvirt_uri
+            pins = run(["virsh", "-c", uri, "vcpupin", f"vc-{job}-{node}"], check=False).stdout.split()
+            emulator = run(
+                ["virsh", "-c", uri, "emulatorpin", f"vc-{job}-{node}"], check=False
+            ).stdout.split()
+            print(f"{node}: guest vCPU pins {pins[-2:]}, emulator pins {emulator[-2:]}", file=sys.stderr)
+        paths = {
+            "host node1 -> host node2 (baseline)": (hosts["node1"], hosts["node2"]),
+            "guest node1 -> guest node2 (Slurm job)": (guests["node1"], guests["node2"]),
+        }
+        rates = interleaved(paths, ["nc"], reps, seconds)
+        reference = statistics.median(iperf3(hosts["node1"], hosts["node2"], seconds) for _ in range(reps))
+    finally:
+        if job:
+            slurm_vc("sandbox", "exec", "--name", name, "--user", "root", "--", "scancel", str(job))
+        slurm_vc("sandbox", "down", "--name", name, "--purge-logs")
+    base_rate = rates[(next(iter(paths)), "nc")]
+    rows = [(mtu, path, "nc", rates[(path, "nc")], rates[(path, "nc")] / base_rate) for path in paths]
+    rows.append((mtu, "host node1 -> host node2 (tool reference)", "iperf3", reference, None))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--testbed",
+        choices=["namespaces", "sandbox"],
+        default="namespaces",
+        help="namespaces: QEMU/netns guests on namespace nodes built here; "
+        "sandbox: a --vcluster job on a 2-node sandbox cluster (tiny guests via Slurm and libvirt)",
+    )
     parser.add_argument("--guests", choices=["qemu", "netns", "both"], default="both")
     parser.add_argument("--tools", default="iperf3,nc", help="iperf3 and/or nc (busybox dd | nc)")
     parser.add_argument("--reps", type=int, default=3)
@@ -371,6 +462,12 @@ def main() -> int:
     tools = [tool for tool in args.tools.split(",") if tool]
 
     rows = []
+    if args.testbed == "sandbox":
+        for mtu in [int(m) for m in args.mtus.split(",")] if args.mtus else [1500, 65520]:
+            rows += sandbox_rows(mtu, args.reps, args.seconds)
+            print(f"MTU {mtu} done", file=sys.stderr, flush=True)
+        print_rows(rows, f"sandbox cluster, medians of {args.reps} x {args.seconds:g} s")
+        return 0
     with tempfile.TemporaryDirectory(prefix="slurm-vc-bench-net-") as workdir:
         bed = Testbed(workdir)
         try:
@@ -423,13 +520,21 @@ def main() -> int:
                 print(f"MTU {mtu} done", file=sys.stderr, flush=True)
         finally:
             bed.close()
-    print(f"\n{os.cpu_count()} CPUs, kernel {os.uname().release}; median of {args.reps} x {args.seconds:g} s")
-    print(f"isolation rules {args.isolation}; qemu = tiny guest (TCG), netns = namespace on a veth\n")
-    print("| MTU   | path                                 | tool   | throughput   | vs host |")
-    print("|-------|--------------------------------------|--------|--------------|---------|")
-    for mtu, path, tool, rate, ratio in rows:
-        print(f"| {mtu:<5} | {path:<36} | {tool:<6} | {fmt_rate(rate):<12} | {ratio:>6.3f}x |")
+    print_rows(
+        rows,
+        f"median of {args.reps} x {args.seconds:g} s; isolation rules {args.isolation}; "
+        "qemu = tiny guest (TCG), netns = namespace on a veth",
+    )
     return 0
+
+
+def print_rows(rows: list[tuple], note: str) -> None:
+    print(f"\n{os.cpu_count()} CPUs, kernel {os.uname().release}; {note}\n")
+    print("| MTU   | path                                     | tool   | throughput   | vs host |")
+    print("|-------|------------------------------------------|--------|--------------|---------|")
+    for mtu, path, tool, rate, ratio in rows:
+        shown = f"{ratio:>6.3f}x" if ratio is not None else "     - "
+        print(f"| {mtu:<5} | {path:<40} | {tool:<6} | {fmt_rate(rate):<12} | {shown} |")
 
 
 if __name__ == "__main__":
