@@ -184,6 +184,11 @@ def reap_stale_sandboxes(prefix: str) -> None:
             pass
         Sandbox(name, quiet=True).down(keep_logs=False)
         owner.unlink(missing_ok=True)
+        (root / f".{name}.lock").unlink(missing_ok=True)  # nobody else uses a stale session's name
+    for lock in root.glob(f".{prefix}*.lock"):
+        name = lock.name[1 : -len(".lock")]
+        if name[len(prefix) :].isdigit() and not (root / name).exists():
+            lock.unlink(missing_ok=True)
 
 
 def claim_sandbox_name(prefix: str) -> str:
