@@ -583,6 +583,8 @@ class Sandbox:
             here = os.getcwd()
             cwd = here if _writable_by(here, entry) else entry.pw_dir
         kwargs: dict = {}
+        if entry.pw_uid != os.geteuid() and os.geteuid() != 0:
+            raise UsageError(f"running as {name} needs root (or run as yourself with --user {_whoami()})")
         if entry.pw_uid != os.geteuid():
             kwargs = {
                 "user": entry.pw_uid,
@@ -809,6 +811,13 @@ def _has_job_state(state_dir: Path) -> bool:
         if folder.is_dir() and any(folder.iterdir()):
             return True
     return any((state_dir / "hugepages").glob("*.json"))
+
+
+def _whoami() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _quietly(function) -> None:
