@@ -31,6 +31,7 @@ Run as root, with a Python every user can run (the job user runs the validator f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import pwd
@@ -353,6 +354,11 @@ def phase_values(run: JobRun) -> dict[str, float]:
         for step, found in timeline.prolog_step_rows(job):
             values[f"step {step}"] = found.hi
     values["sbatch -> script start"] = job.script_start - job.submit
+    if "libvirt create -> guest ready" in values:
+        # Everything in this very run that is not libvirt starting and booting the slowest guest.
+        values["without create -> ready"] = (
+            values["sbatch -> script start"] - values["libvirt create -> guest ready"]
+        )
     return values
 
 
@@ -366,19 +372,24 @@ def fmt(value: Optional[float]) -> str:
 
 
 def report(results: dict[int, dict[str, list]], reps: int) -> str:
+    """Markdown tables from ``{n: {"plain": [phase values], "vc": [phase values], "qemu": [seconds]}}``."""
     lines = []
     summary = [
-        "| nodes | plain job | --vcluster job | plain QEMU boot | overhead | overhead per node |",
-        "|---|---|---|---|---|---|",
+        "| nodes | plain job | --vcluster job | plain QEMU boot | overhead (vs plain QEMU) | per node "
+        "| overhead (timeline) | per node |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for n, data in sorted(results.items()):
-        plain = medians([phase_values(r) for r in data["plain"]])
-        vc = medians([phase_values(r) for r in data["vc"]])
+        plain = medians(data["plain"])
+        vc = medians(data["vc"])
         boot = timeline.median(data["qemu"])
         overhead = vc["sbatch -> script start"] - plain["sbatch -> script start"] - boot
+        own = vc.get("without create -> ready")
+        own_overhead = None if own is None else own - plain["sbatch -> script start"]
         summary.append(
             f"| {n} | {fmt(plain['sbatch -> script start'])} | {fmt(vc['sbatch -> script start'])} | "
-            f"{fmt(boot)} | {fmt(overhead)} | {fmt(overhead / n)} |"
+            f"{fmt(boot)} | {fmt(overhead)} | {fmt(overhead / n)} | {fmt(own_overhead)} | "
+            f"{fmt(None if own_overhead is None else own_overhead / n)} |"
         )
         lines.append(f"\n{n} node(s), medians of {reps} runs (the slowest node gates each phase):\n")
         lines.append("| phase | plain job | --vcluster job | over plain |")
@@ -420,7 +431,13 @@ def main() -> int:
     parser.add_argument("--name", default="vcbench", help="sandbox name (default vcbench)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per job (default 300)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    parser.add_argument("--json", help="also write the per-run phase values to this file")
+    parser.add_argument("--from-json", help="only print the report of an earlier --json file")
     args = parser.parse_args()
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        print(report({int(n): v for n, v in data["results"].items()}, data["reps"]))
+        return 0
     counts = [int(n) for n in args.nodes.split(",")]
     if os.geteuid() != 0:
         raise SystemExit("run as root (the sandbox cluster)")
@@ -448,8 +465,8 @@ def main() -> int:
                 if len(specs) != n:
                     raise SystemExit(f"job {vc.job.job_id}: got the domain XML of {len(specs)} of {n} guests")
                 boot = plain_qemu_boot(specs, scratch)
-                results[n]["plain"].append(plain)
-                results[n]["vc"].append(vc)
+                results[n]["plain"].append(phase_values(plain))
+                results[n]["vc"].append(phase_values(vc))
                 results[n]["qemu"].append(boot)
                 print(
                     f"rep {rep + 1} n={n}: plain {plain.time_to_cluster:.2f} s, "
@@ -461,6 +478,8 @@ def main() -> int:
         print(f"# load average (1/5/15 min) at start/end: {load}")
         print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
         print(report(results, args.reps))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"reps": args.reps, "results": results}, indent=1) + "\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
