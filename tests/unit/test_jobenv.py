@@ -326,3 +326,27 @@ def test_prolog_broken_site_config_is_a_node_fault(prolog_world, tmp_path):
     bad.write_text("nonsense = 1\n")
     assert prolog_cmd.prolog(facts, str(bad)) == site_config.ConfigError.exit_code
     assert seen["drains"] and "unknown key 'nonsense'" in seen["drains"][0][1]
+
+
+# --------------------------------------------------------------------------- the thin executables
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_task_prolog_executable_speaks_slurms_protocol(tmp_path):
+    jobenv.publish(tmp_path, make_view(), *ME)
+    env = {**_task_env(tmp_path, SLURM_STEP_ID="0"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [str(REPO / "prolog" / "slurm-vc-task-prolog")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "export VC_HOSTS=vc42-0,vc42-1,vc42-2\n" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "script", ["prolog/slurm-vc-prolog", "epilog/slurm-vc-epilog", "prolog/slurm-vc-task-prolog"]
+)
+def test_hooks_do_nothing_for_jobs_without_vcluster(script):
+    # Slurm gives the prolog no PATH: an empty environment must work, and exit 0 at once.
+    done = subprocess.run([str(REPO / script)], capture_output=True, text=True, env={"SLURM_JOB_ID": "9"})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
