@@ -393,6 +393,7 @@ def sandbox_rows(mtu: int, reps: int, seconds: float) -> list[tuple]:
         submit = slurm_vc("sandbox", "exec", "--name", name, "--", "sbatch", "--parsable", "-N2",
                           "--vcluster=tiny", "--wrap", "sleep 1800")  # fmt: skip
         job = int(submit.stdout.strip().split(";")[0])
+        print(f"sandbox {name}: job {job}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + 900
         while True:  # RUNNING with the prolog done on every node = every guest is ready
             info = slurm_vc("sandbox", "exec", "--name", name, "--user", "root", "--",
@@ -401,8 +402,9 @@ def sandbox_rows(mtu: int, reps: int, seconds: float) -> list[tuple]:
             if state == "RUNNING" and "Reason=Prolog" not in info:
                 break
             if state not in ("PENDING", "CONFIGURING", "RUNNING") or time.monotonic() > deadline:
-                output = Path(base, "..", "..", "..", "home", "vcuser", f"slurm-{job}.out")
-                raise RuntimeError(f"job {job} never ran ({state}): {info.strip()} {output}")
+                output = Path(os.path.expanduser("~vcuser"), f"slurm-{job}.out")
+                tail = output.read_text()[-2000:] if output.exists() else ""
+                raise RuntimeError(f"job {job} never ran ({state}): {info.strip()}\njob output: {tail}")
             time.sleep(1)
         hosts, guests = {}, {}
         for node in nodes:
@@ -433,6 +435,8 @@ def sandbox_rows(mtu: int, reps: int, seconds: float) -> list[tuple]:
         if job:
             slurm_vc("sandbox", "exec", "--name", name, "--user", "root", "--", "scancel", str(job))
         slurm_vc("sandbox", "down", "--name", name, "--purge-logs")
+        if job:  # the job's output file in the sandbox user's home (the cancel message)
+            Path(os.path.expanduser("~vcuser"), f"slurm-{job}.out").unlink(missing_ok=True)
     base_rate = rates[(next(iter(paths)), "nc")]
     rows = [(mtu, path, "nc", rates[(path, "nc")], rates[(path, "nc")] / base_rate) for path in paths]
     rows.append((mtu, "host node1 -> host node2 (tool reference)", "iperf3", reference, None))
@@ -530,11 +534,11 @@ def main() -> int:
 
 def print_rows(rows: list[tuple], note: str) -> None:
     print(f"\n{os.cpu_count()} CPUs, kernel {os.uname().release}; {note}\n")
-    print("| MTU   | path                                     | tool   | throughput   | vs host |")
-    print("|-------|------------------------------------------|--------|--------------|---------|")
+    print("| MTU   | path                                      | tool   | throughput   | vs host |")
+    print("|-------|-------------------------------------------|--------|--------------|---------|")
     for mtu, path, tool, rate, ratio in rows:
         shown = f"{ratio:>6.3f}x" if ratio is not None else "     - "
-        print(f"| {mtu:<5} | {path:<40} | {tool:<6} | {fmt_rate(rate):<12} | {shown} |")
+        print(f"| {mtu:<5} | {path:<41} | {tool:<6} | {fmt_rate(rate):<12} | {shown} |")
 
 
 if __name__ == "__main__":
