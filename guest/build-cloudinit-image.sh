@@ -25,8 +25,10 @@ MIRROR=${CLOUDINIT_MIRROR:-$(python3 "$HERE/debian-mirror.py")}
 die() { echo "build-cloudinit-image: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (chroot, device nodes)"
 
+# python3-cffi-backend is a dependency, named because debootstrap cannot resolve the virtual
+# package (python3-cffi-backend-api-max) through which python3-cryptography asks for it.
 PACKAGES="linux-image-amd64,initramfs-tools,systemd-sysv,udev,dbus,cloud-init,ifupdown,netbase,\
-openssh-server,iproute2,iputils-ping,net-tools,qemu-guest-agent"
+openssh-server,iproute2,iputils-ping,net-tools,qemu-guest-agent,python3-cffi-backend"
 
 STAMP=$( (sha256sum "$0"; echo "$SUITE $MIRROR $PACKAGES") | sha256sum | cut -d' ' -f1)
 if [ -f "$OUT/.inputs" ] && [ "$(cat "$OUT/.inputs")" = "$STAMP" ] && [ -f "$OUT/debian-cloudinit.qcow2" ] \
@@ -46,7 +48,11 @@ if [ "$BOOTSTRAP" = mmdebstrap ] && command -v mmdebstrap >/dev/null; then
     mmdebstrap --quiet --variant=minbase --components=main --include="$PACKAGES" \
         "$SUITE" "$ROOT" "$MIRROR"
 elif [ "$BOOTSTRAP" = debootstrap ] && command -v debootstrap >/dev/null; then
-    debootstrap --variant=minbase --components=main --include="$PACKAGES" "$SUITE" "$ROOT" "$MIRROR" >/dev/null
+    if ! debootstrap --variant=minbase --components=main --include="$PACKAGES" "$SUITE" "$ROOT" "$MIRROR" \
+        >"$WORK/debootstrap.out" 2>&1; then
+        tail -n 20 "$WORK/debootstrap.out" "$ROOT/debootstrap/debootstrap.log" >&2 2>/dev/null
+        die "debootstrap failed"
+    fi
 else
     die "$BOOTSTRAP is not installed (apt-get install mmdebstrap, or debootstrap)"
 fi
