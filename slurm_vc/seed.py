@@ -17,14 +17,18 @@ such as CentOS 7's look the label up case-sensitively).
 
 Choices that matter inside the guest (see the issue and docs/platform notes):
 
-* network-config is **version 1**: every cloud-init release since 0.7.x reads it (version 2 came
-  much later to RHEL 7 era images).  The NIC is matched by MAC and named ``eth0`` (udev renames
-  interfaces otherwise); static address, optional gateway, MTU; no DHCP.
+* network-config is **version 1**, cloud-init's original format, read by every release that stock
+  images ship, the old one in CentOS 7 images included (version 2 support came later).  The NIC is
+  matched by MAC and named ``eth0`` (udev renames interfaces otherwise); static address, optional
+  gateway, MTU; no DHCP.
 * ``manage_etc_hosts: false`` and ``/etc/hosts`` written by ``write_files``: cloud-init's own
   template maps the node's name to 127.0.1.1, and MPI would then advertise loopback.
 * permanent ARP entries for every peer are set in ``bootcmd``, which runs on every boot (the
   kernel forgets neighbour entries on reboot; ``runcmd`` runs only once per instance).
-* the job's SSH public key goes to ``login_user``; for root, ``disable_root: false``.
+* the job's SSH public key goes to ``login_user`` through a ``users`` entry (for root too, so no
+  default user is created); for root, ``disable_root: false``.
+
+Proven with Debian 12's own cloud-init by tests/integration/test_cloudinit_seed.py.
 """
 
 from __future__ import annotations
