@@ -26,7 +26,14 @@ median over --reps runs.  MTUs: 1500 and the largest the testbed bridge allows (
 max_mtu of the bridge and its ports, tap included, capped at the 65520 network.mtu accepts); the
 guests boot again for each MTU, with the NIC's host_mtu set as libvirt's ``<mtu>`` does.
 
-    sudo .venv/bin/python bench/bench_network.py [--guests qemu|netns|both] [--reps 3] [--seconds 3]
+With ``--testbed sandbox`` it instead brings up a 2-node sandbox cluster of its own (``slurm-vc
+sandbox``), runs a ``--vcluster=tiny`` job on both nodes (guests started by the Slurm prolog through
+each node's libvirtd, isolation rules installed by the prolog), measures guest-to-guest against the two
+nodes' hosts with dd|nc (that guest has no iperf3; iperf3 between the hosts is a tool reference), and
+takes the sandbox down again.
+
+    sudo .venv/bin/python bench/bench_network.py [--testbed namespaces|sandbox]
+        [--guests qemu|netns|both] [--reps 3] [--seconds 3]
         [--tools iperf3,nc] [--isolation on|off] [--mtus 1500,9000]
 """
 
