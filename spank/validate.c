@@ -130,10 +130,25 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 		out[used] = '\0';
 	}
 	close(fds[0]);
-	if (timed_out)
+	/* EOF does not mean exit: keep the deadline while waiting for the validator itself. */
+	while (!timed_out) {
+		pid_t done = waitpid(pid, &status, WNOHANG);
+
+		if (done == pid)
+			break;
+		if (done < 0 && errno != EINTR)
+			break;
+		if (now_ms() >= deadline) {
+			timed_out = 1;
+			break;
+		}
+		usleep(10000);
+	}
+	if (timed_out) {
 		kill(-pid, SIGKILL);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+	}
 
 	if (timed_out) {
 		snprintf(msg, msglen, "the validator %s did not answer within %d s", conf->validator, conf->timeout);

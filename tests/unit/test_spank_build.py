@@ -67,6 +67,7 @@ echo "$*" >> "{log}"
 case "$v" in
   good*) exit 0;;
   slow*) sleep 30;;
+  quiet*) exec >/dev/null 2>&1; sleep 30;;
   *) echo "slurm-vc validate-request: error: unknown image '$v' in --vcluster" >&2; exit 2;;
 esac
 """
@@ -137,6 +138,8 @@ def test_hostile_value_is_not_interpreted(submit):
 
 def test_validator_timeout(submit):
     done = submit("--vcluster=slow")
+    assert "did not answer within 1 s" in done.stderr
+    done = submit("--vcluster=quiet")  # closes its output early but does not exit
     assert "did not answer within 1 s" in done.stderr
     done = submit("--vcluster=slow", plugstack_args="required=0")
     assert "Invalid --vcluster" not in done.stderr  # required=0: a stuck validator does not block submits
