@@ -30,7 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PYTHON=${PYTHON:-python3}
+# The system Python, not a per-user one (pyenv under /root): job users must be able to run slurm-vc.
+PYTHON=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
