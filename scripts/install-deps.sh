@@ -11,7 +11,7 @@ APT_PACKAGES=(
   # libvirt and QEMU
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils libxml2-utils
   # the test guest and the cloud-init test image
-  linux-image-amd64 busybox-static dropbear-bin openssh-client debootstrap xorriso genisoimage cpio e2fsprogs
+  linux-image-amd64 busybox-static dropbear-bin openssh-client qemu-guest-agent debootstrap mmdebstrap xorriso genisoimage cpio e2fsprogs
   # host networking
   iproute2 nftables bridge-utils iperf3 psmisc procps
   # building the plugin, the Python venv and the packages
