@@ -155,25 +155,24 @@ def check_libvirt(config: SiteConfig, paths: HostPaths) -> Check:
 
 
 def check_bridge(config: SiteConfig, paths: HostPaths) -> Check:
-    """The configured bridge exists and its MTU is at least the configured one."""
+    """The configured bridge exists, is up, and its MTU is at least the configured one.
+
+    Uses the same check as the prolog (``netdev.check_bridge``, through ``ip -j``: /sys shows the
+    wrong network namespace under nsenter, where the sandbox's nodes live).
+    """
+    from . import netdev
+    from .errors import NetworkError
+
     bridge, mtu = config.network.bridge, config.network.mtu
-    net = Path(paths.sys, "class", "net", bridge)
-    if not (net / "bridge").is_dir():
-        return Check(
-            f"bridge {bridge}",
-            FAIL,
-            "does not exist" if not net.exists() else "exists but is not a bridge",
-            f"create it over the cluster network, or set network.bridge (now {bridge!r})",
-        )
-    actual = int((_read(net / "mtu") or "0").strip() or 0)
-    if actual < mtu:
-        return Check(
-            f"bridge {bridge}",
-            FAIL,
-            f"MTU {actual} is lower than network.mtu = {mtu}",
-            f"ip link set {bridge} mtu {mtu}, or lower network.mtu",
-        )
-    return Check(f"bridge {bridge}", PASS, f"present, MTU {actual} (guests use {mtu})")
+    name = f"bridge {bridge}"
+    try:
+        netdev.check_bridge(bridge, mtu, source=config.source)
+    except NetworkError as exc:
+        text = str(exc)
+        detail, _, fix = text.partition(": ")
+        return Check(name, FAIL, detail, fix)
+    actual = (netdev.link_info(bridge) or {}).get("mtu", "?")
+    return Check(name, PASS, f"present and up, MTU {actual} (guests use {mtu})")
 
 
 def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:

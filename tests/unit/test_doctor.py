@@ -33,9 +33,6 @@ def make_host(
     (pool / "nr_hugepages").write_text("4\n")
     (pool / "free_hugepages").write_text("4\n")
     (sys / "devices/system/node/node0/meminfo").write_text("Node 0 MemFree:        4194304 kB\n")
-    net = sys / "class/net/vcbr0"
-    (net / "bridge").mkdir(parents=True)
-    (net / "mtu").write_text(f"{bridge_mtu}\n")
     dev_kvm = tmp_path / "kvm"
     if kvm:
         dev_kvm.write_text("")
@@ -68,12 +65,21 @@ def test_hugepages_mount_and_headroom(tmp_path):
     assert [c.status for c in one_gig] == [FAIL, FAIL]
 
 
-def test_bridge_missing_and_small_mtu(tmp_path):
-    assert check_bridge(config(), make_host(tmp_path / "a")).status == PASS
-    small = check_bridge(config(), make_host(tmp_path / "b", bridge_mtu=1500))
+def test_bridge_missing_and_small_mtu(tmp_path, monkeypatch):
+    from slurm_vc import netdev
+
+    links = {"vcbr0": {"mtu": 9000, "flags": ["UP"], "linkinfo": {"info_kind": "bridge"}}}
+    monkeypatch.setattr(netdev, "link_info", lambda name, netns=None: links.get(name))
+    host = make_host(tmp_path)
+    good = check_bridge(config(), host)
+    assert good.status == PASS and "MTU 9000" in good.detail
+    links["vcbr0"]["mtu"] = 1500
+    small = check_bridge(config(), host)
     assert small.status == FAIL and "1500" in small.detail and "9000" in small.detail
+    assert "ip link set vcbr0 mtu 9000" in small.fix
     other = config_from_mapping({"network": {"bridge": "nosuchbr"}})
-    assert "does not exist" in check_bridge(other, make_host(tmp_path / "c")).detail
+    missing = check_bridge(other, host)
+    assert missing.status == FAIL and "does not exist" in missing.detail and "network.bridge" in missing.fix
 
 
 def test_images_unreadable(tmp_path):
