@@ -18,9 +18,7 @@ from slurm_vc.doctor import (
 )
 
 
-def make_host(
-    tmp_path: Path, *, flags="vmx", pvm=False, kvm=True, hugetlbfs=True, bridge_mtu=9000
-) -> HostPaths:
+def make_host(tmp_path: Path, *, flags="vmx", pvm=False, kvm=True, hugetlbfs=True) -> HostPaths:
     proc, sys = tmp_path / "proc", tmp_path / "sys"
     proc.mkdir(parents=True)
     (proc / "cpuinfo").write_text(f"processor : 0\nflags : fpu {flags} sse\n")
