@@ -995,6 +995,8 @@ def catalog_images(out_dir: Path) -> dict[str, dict]:
         "description": "tiny busybox test guest (guest/build-tiny-guest.sh)",
         "kernel": str(out_dir / "vmlinuz"),
         "initrd": str(out_dir / "initrd.img"),
+        # the console log is what `slurm-vc console` and readiness-timeout errors show
+        "cmdline": "console=ttyS0 loglevel=4",
         "seed": "both",
         "readiness": {"probe": "serial"},
         "default_memory": "256M",
