@@ -181,6 +181,20 @@ class Hypervisor:
         except _libvirt().libvirtError as exc:
             raise self._error(f"reading the emulator pinning of {name}", exc) from None
 
+    def agent_ping(self, name: str, timeout: int = 1) -> bool:
+        """True when the guest's qemu-guest-agent answers ``guest-ping`` within ``timeout`` seconds."""
+        libvirt = _libvirt()
+        import libvirt_qemu
+
+        dom = self._lookup(name)
+        if dom is None:
+            return False
+        try:
+            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', timeout, 0)
+        except libvirt.libvirtError:
+            return False  # agent not connected (yet) or not answering
+        return True
+
     def console_log_path(self, name: str) -> Optional[str]:
         """The file the guest's serial console is logged to, from the live XML (None if none)."""
         from lxml import etree

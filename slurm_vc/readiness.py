@@ -123,15 +123,10 @@ class AgentProbe:
         self.description = f"qemu-guest-agent guest-ping in {name}"
 
     def poll(self) -> bool:
-        import libvirt
-        import libvirt_qemu
-
         try:
-            dom = self.hypervisor._domain(self.name)
-            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 1, 0)
-        except (libvirt.libvirtError, HypervisorError):
-            return False  # agent not connected yet, or not answering yet
-        return True
+            return self.hypervisor.agent_ping(self.name)
+        except HypervisorError:
+            return False  # the wait loop notices a guest that is gone
 
     def close(self) -> None:
         pass

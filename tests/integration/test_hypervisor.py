@@ -46,7 +46,7 @@ def guest_xml(name: str, tiny_guest: dict, directory: Path, vcpu_cpu: int = 1, e
     )
 
 
-def wait_for(predicate, timeout: float = 120.0) -> bool:
+def wait_for(predicate, timeout: float = 300.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
