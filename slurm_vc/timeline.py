@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -291,6 +292,23 @@ def guest_boot(job: JobTimes) -> Optional[Range]:
     return Range.of(node.steps["ready"] for node in job.nodes if "ready" in node.steps)
 
 
+def gating_node(job: JobTimes) -> Optional[NodeTimes]:
+    """The node whose guest was ready last (the one the job script waited for), if any was ready."""
+    ready = [node for node in job.nodes if node.guest_ready is not None]
+    return max(ready, key=lambda node: node.guest_ready) if ready else None  # type: ignore[arg-type,return-value]
+
+
+def breakdown(job: JobTimes) -> Optional[dict[str, float]]:
+    """Time to cluster split along the last-ready node: its guest boot (``ready`` step), its libvirt
+    domain start (``domain`` step), and the rest (Slurm and slurm-vc).  None when not all are known."""
+    total = time_to_cluster(job)
+    node = gating_node(job)
+    if total is None or node is None or "ready" not in node.steps or "domain" not in node.steps:
+        return None
+    boot, domain = node.steps["ready"], node.steps["domain"]
+    return {"total": total, "boot": boot, "domain": domain, "rest": total - boot - domain}
+
+
 def control_plane_overhead(job: JobTimes) -> Optional[float]:
     """Time to cluster minus the slowest guest's own boot: what slurm-vc and Slurm add on top."""
     total = time_to_cluster(job)
@@ -320,15 +338,18 @@ def format_table(job: JobTimes) -> str:
     steps = prolog_step_rows(job)
     if steps:
         lines.append("  inside the prolog (slurm-vc lifecycle steps):")
-        lines.append("    " + ", ".join(f"{step} {found.format()}" for step, found in steps))
+        text = ", ".join(f"{step} {found.format()}" for step, found in steps)
+        lines += textwrap.wrap(text, width=100, initial_indent="    ", subsequent_indent="    ")
     total = time_to_cluster(job)
-    boot = guest_boot(job)
+    parts = breakdown(job)
     if total is not None:
         text = f"  time to cluster (submit -> script start): {total:.2f} s"
-        overhead = control_plane_overhead(job)
-        if boot is not None and overhead is not None:
-            text += f"; guest boot {boot.format()}; everything else {overhead:.2f} s"
         lines.append(text)
+        if parts is not None:
+            lines.append(
+                f"    = guest boot {parts['boot']:.2f} s + libvirt domain start {parts['domain']:.2f} s"
+                f" + Slurm and slurm-vc {parts['rest']:.2f} s (on the node ready last)"
+            )
     missing = [label for key, label, per_node in MILESTONES if not milestone_values(job, key, per_node)]
     if missing:
         lines.append(f"  not observed: {', '.join(missing)}")
@@ -352,7 +373,9 @@ __all__ = [
     "Range",
     "control_plane_overhead",
     "ctld_events",
+    "breakdown",
     "format_table",
+    "gating_node",
     "guest_boot",
     "median",
     "milestone_values",
