@@ -43,13 +43,23 @@ XML = """<domain type='qemu'>
   <memory unit='MiB'>{memory}</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
-      <cmdline>console=ttyS0</cmdline></os>
+      <cmdline>{cmdline}</cmdline></os>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <devices>
     <serial type='file'><source path='{console}'/><target port='0'/></serial>
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def guest_cmdline() -> str:
+    """The kernel command line: console plus a static configuration (the guest needs one to be ready)."""
+    from slurm_vc.seed import SeedSpec, kernel_cmdline
+
+    spec = SeedSpec(
+        hostname="bench", instance_id="bench", ip="10.231.1.1", prefixlen=16, mac="52:54:00:e7:01:01"
+    )
+    return kernel_cmdline(spec, base="console=ttyS0")
 
 
 def median(values: list[float]) -> float:
@@ -69,7 +79,7 @@ def wait_line(path: Path, timeout: float = 300) -> float:
 def run_libvirt(hv: Hypervisor, guest: dict, work: Path, index: int) -> tuple[float, float]:
     name = f"vc-bench{index}-h5"
     console = work / f"{name}.console"
-    xml = XML.format(name=name, memory=MEMORY_MIB, console=console, **guest)
+    xml = XML.format(name=name, memory=MEMORY_MIB, console=console, cmdline=guest_cmdline(), **guest)
     start = time.monotonic()
     hv.start(xml)
     wait_ready(hv, name, Readiness(probe="serial"), 300, console_log=str(console))
@@ -91,7 +101,7 @@ def run_plain(guest: dict, work: Path, index: int) -> tuple[float, float]:
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", guest["kernel"],
         "-initrd", guest["initrd"],
-        "-append", "console=ttyS0",
+        "-append", guest_cmdline(),
         "-serial", f"file:{console}",
     ]  # fmt: skip
     start = time.monotonic()

@@ -24,7 +24,7 @@ GUEST_XML = """
   <vcpu placement='static'>1</vcpu>
   <cputune><vcpupin vcpu='0' cpuset='{vcpu_cpu}'/><emulatorpin cpuset='{emulator_cpu}'/></cputune>
   <os><type arch='x86_64'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
-      <cmdline>console=ttyS0</cmdline></os>
+      <cmdline>{cmdline}</cmdline></os>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
@@ -36,7 +36,14 @@ GUEST_XML = """
 
 
 def guest_xml(name: str, tiny_guest: dict, directory: Path, vcpu_cpu: int = 1, emulator_cpu: int = 0) -> str:
+    from slurm_vc.seed import SeedSpec, kernel_cmdline
+
+    # The tiny guest reports ready only once configured: give it a static address on the command line.
+    spec = SeedSpec(
+        hostname="hvtest", instance_id=name, ip="10.231.2.1", prefixlen=16, mac="52:54:00:e7:02:01"
+    )
     return GUEST_XML.format(
+        cmdline=kernel_cmdline(spec, base="console=ttyS0"),
         name=name,
         kernel=tiny_guest["kernel"],
         initrd=tiny_guest["initrd"],
