@@ -294,10 +294,14 @@ def teardown(
     Idempotent: a second run (or a run for a job this node never started) finds nothing and returns
     False.  Raises a VcError when an undo fails (e.g. libvirtd unreachable); what was undone so far
     is forgotten and the rest stays recorded for the next attempt.  Waits up to ``lock_timeout``
-    (default: config.timeouts.lock) for a prolog holding the job's lock, then raises StateError.
+    for a prolog holding the job's lock, then raises StateError.  The default outlasts a prolog
+    (which holds the lock while it waits for readiness): timeouts.ready + timeouts.lock.
     """
     env = env or Environment()
-    timeout = config.timeouts.lock if lock_timeout is None else lock_timeout
+    if lock_timeout is None:
+        timeout = config.timeouts.ready + config.timeouts.lock
+    else:
+        timeout = lock_timeout
     with locked_job(config.state_dir, job_id, create=False, timeout=timeout) as state:
         if state is None:
             return False

@@ -224,12 +224,12 @@ def test_qemu_killed_mid_boot_fails_fast_and_cleans_up(node_config, env):
 def test_guest_never_ready_times_out_with_console_tail(node_config, env):
     from slurm_vc.config import Timeouts
 
-    config = node_config.model_copy(update={"timeouts": Timeouts(ready=30, lock=10)})
+    config = node_config.model_copy(update={"timeouts": Timeouts(ready=15, lock=10)})
     job = make_job(302, "never,vcpus=1,mem=128M")
     with pytest.raises(GuestNotReadyError) as failure:
         start_guest(job, config, env)
     message = str(failure.value)
-    assert "not ready after 30 s" in message
+    assert "not ready after 15 s" in message
     assert "last lines of the guest console" in message
     tail = message.split("last lines of the guest console", 1)[1].splitlines()[1:]
     assert 1 <= len(tail) <= 20  # the tail of what the guest printed, not the whole log
