@@ -158,3 +158,28 @@ def test_gc_and_epilog_race_cleanly(node_config, env):
     assert domains(node_config) == []
     assert state.list_job_ids(node_config.state_dir) == []
     assert ledger(node_config, job.job_id) is None
+
+
+def test_gc_command_line(node_config, env, monkeypatch, capsys):
+    """`slurm-vc gc`: Slurm's live set comes from slurm_vc.slurm; --dry-run reaps nothing."""
+    import slurm_vc.config
+    import slurm_vc.slurm
+    from slurm_vc.cli import main
+
+    job = make_job(407)
+    start_guest(job, node_config, env)
+    try:
+        monkeypatch.setattr(slurm_vc.config, "load_config", lambda path=None: node_config)
+        monkeypatch.setattr(slurm_vc.slurm, "live_job_ids", lambda node=None: set())
+        assert main(["gc", "--dry-run", "--min-age", "0"]) == 0
+        assert "reaped: (dry run) job 407: torn down from its state" in capsys.readouterr().out
+        assert domains(node_config) == ["vc-407-n0"]
+
+        def slurm_down(node=None):
+            raise SlurmError("squeue: cannot contact the controller")
+
+        monkeypatch.setattr(slurm_vc.slurm, "live_job_ids", slurm_down)
+        assert main(["gc", "--min-age", "0"]) == 9  # EXIT_SLURM, nothing reaped
+        assert domains(node_config) == ["vc-407-n0"]
+    finally:
+        teardown(job.job_id, node_config, env)
