@@ -54,16 +54,25 @@ class Hypervisor:
 
     def __init__(self, uri: str):
         self.uri = uri
+        self._conn = None
+        self._connect()
+
+    def _connect(self) -> None:
         libvirt = _libvirt()
         try:
-            self._conn = libvirt.open(uri)
+            self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
             raise HypervisorError(
-                f"cannot connect to libvirt at {uri}: {exc.get_error_message()} "
+                f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()} "
                 "(is libvirtd running on this node?)"
             ) from None
         if self._conn is None:  # pragma: no cover - old bindings returned None instead of raising
-            raise HypervisorError(f"cannot connect to libvirt at {uri}")
+            raise HypervisorError(f"cannot connect to libvirt at {self.uri}")
+
+    def reconnect(self) -> None:
+        """Open a new connection (after libvirtd restarted).  Raises HypervisorError if unreachable."""
+        self.close()
+        self._connect()
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -199,12 +199,19 @@ def wait_ready(
                 return time.monotonic() - start
             now = time.monotonic()
             if now >= next_alive_check:  # a libvirt round trip: not on every poll
-                if not hypervisor.is_running(name):
+                next_alive_check = now + 0.5
+                try:
+                    running = hypervisor.is_running(name)
+                except HypervisorError:
+                    # libvirtd restarting (the guest lives on without it): reconnect and keep
+                    # waiting; if it never comes back the deadline below ends the wait.
+                    running = True
+                    _try_reconnect(hypervisor)
+                if not running:
                     raise GuestNotReadyError(
                         f"guest {name} stopped before it became ready (waited for {probe.description})"
                         + _console_section(hypervisor, name, console_log)
                     )
-                next_alive_check = now + 0.5
             if now >= deadline:
                 raise GuestNotReadyError(
                     f"guest {name} was not ready after {timeout:.0f} s (waited for {probe.description})"
@@ -213,6 +220,16 @@ def wait_ready(
             time.sleep(POLL_INTERVAL)
     finally:
         probe.close()
+
+
+def _try_reconnect(hypervisor) -> None:
+    reconnect = getattr(hypervisor, "reconnect", None)
+    if reconnect is None:
+        return
+    try:
+        reconnect()
+    except HypervisorError:
+        pass
 
 
 def _console_section(hypervisor: Hypervisor, name: str, console_log: Optional[str]) -> str:

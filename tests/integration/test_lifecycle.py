@@ -281,3 +281,20 @@ def test_agent_readiness_probe(node_config, env):
     finally:
         teardown(job.job_id, node_config, env)
     assert_nothing_left(node_config, env, job)
+
+
+def test_libvirtd_restart_during_the_readiness_wait(node_config, env, node_libvirtd):
+    """The prolog's libvirt connection dies while it waits: it reconnects and the guest gets ready."""
+    job = make_job(306)
+
+    def restart(step):
+        if step == "ready":
+            node_libvirtd.restart_libvirtd()
+
+    try:
+        info = start_guest(job, node_config, env, crash_hook=restart)
+        with Hypervisor(node_config.host.libvirt_uri) as hv:
+            assert hv.is_running(info.name)
+    finally:
+        teardown(job.job_id, node_config, env)
+    assert_nothing_left(node_config, env, job)

@@ -109,3 +109,30 @@ def test_wait_ready_timeout_carries_the_console_tail(tmp_path):
 def test_wait_ready_fails_fast_when_the_guest_stops(tmp_path):
     with pytest.raises(GuestNotReadyError, match="stopped before it became ready.*console log is empty"):
         wait_ready(FakeHypervisor(running=False), "g", Readiness(), 60, console_log=str(tmp_path / "none"))
+
+
+def test_wait_ready_survives_a_libvirtd_restart(tmp_path):
+    """While libvirtd restarts, is_running fails: the wait reconnects and goes on."""
+    from slurm_vc.errors import HypervisorError
+
+    channel = tmp_path / "ready.log"
+
+    class Restarting(FakeHypervisor):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.reconnects = 0
+
+        def is_running(self, name):
+            self.calls += 1
+            if self.calls == 1:
+                raise HypervisorError("libvirt at X: looking up g: End of file while reading data")
+            channel.write_text("SLURM-VC-READY g\n")
+            return True
+
+        def reconnect(self):
+            self.reconnects += 1
+
+    hv = Restarting()
+    wait_ready(hv, "g", Readiness(), 10, ready_channel=str(channel))
+    assert hv.reconnects == 1
