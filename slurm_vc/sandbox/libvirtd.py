@@ -121,17 +121,28 @@ class PrivateLibvirtd:
             return None
 
     # -- lifecycle -----------------------------------------------------------------------------
+    @staticmethod
+    def _supervisor_alive(state: Optional[dict]) -> bool:
+        return bool(state) and _pid_alive(state.get("supervisor_pid", 0), state.get("supervisor_start"))
+
     @property
     def running(self) -> bool:
-        """True when the supervisor is alive and libvirtd's socket exists."""
+        """True when the supervisor and libvirtd are alive and libvirtd's socket exists."""
         state = self._read_state()
         if not state or not _pid_alive(state.get("supervisor_pid", 0), state.get("supervisor_start")):
             return False
+        if state.get("ready") and not _pid_alive(state.get("libvirtd_pid", 0)):
+            return False  # libvirtd died (the supervisor stays to reap its guests)
         return self.socket_path.exists()
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the daemons (if not running) and return the URI.  Raises HostError on failure."""
         if self.running:
+            return self.uri
+        state = self._read_state()
+        if self._supervisor_alive(state) and state.get("ready"):
+            # libvirtd died under a live supervisor: restart just libvirtd, guests keep running.
+            self.restart_libvirtd(timeout)
             return self.uri
         if self.netns and not os.path.exists(f"/run/netns/{self.netns}"):
             raise HostError(f"network namespace {self.netns!r} does not exist (/run/netns/{self.netns})")
@@ -218,8 +229,8 @@ class PrivateLibvirtd:
     def restart_libvirtd(self, timeout: float = START_TIMEOUT) -> None:
         """Restart only libvirtd (as an admin or a package upgrade would); guests keep running."""
         state = self._read_state()
-        if not state or not self.running:
-            raise HostError(f"private libvirtd {self.name!r} is not running")
+        if not self._supervisor_alive(state):
+            raise HostError(f"private libvirtd {self.name!r} is not running (no supervisor)")
         before = state.get("restarts", 0)
         os.kill(state["supervisor_pid"], signal.SIGUSR1)
         deadline = time.monotonic() + timeout

@@ -233,3 +233,27 @@ def test_overlay_errors(base_disk, tmp_path):
             create_overlay(str(unreadable), tmp_path, "g")
     with pytest.raises(HostError, match="cannot create overlay"):
         create_overlay(base_disk, "/proc/h5-no-such-dir", "g")
+
+
+def test_private_libvirtd_notices_a_dead_libvirtd_and_restarts(node_netns):
+    import json
+
+    from slurm_vc.sandbox.libvirtd import PrivateLibvirtd
+
+    base = Path("/tmp") / f"h5lr{os.getpid()}"
+    base.mkdir(mode=0o755)
+    daemon = PrivateLibvirtd("r", base, netns=node_netns, warm=False)
+    try:
+        daemon.start()
+        pid = json.loads((daemon.dir / "supervisor.json").read_text())["libvirtd_pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not daemon.running, 10)
+        daemon.start()  # restarts only libvirtd under the same supervisor
+        assert daemon.running
+        restarted = json.loads((daemon.dir / "supervisor.json").read_text())
+        assert restarted["libvirtd_pid"] != pid and restarted["restarts"] == 1
+        with Hypervisor(daemon.uri) as hv:
+            assert hv.list_domains() == []
+    finally:
+        daemon.stop()
+        subprocess.run(["rm", "-rf", str(base)])
