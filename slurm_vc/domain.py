@@ -298,11 +298,22 @@ class Disk:
     io: Optional[str] = None  # "native" = Linux AIO (needs cache none)
     readonly: bool = False
     serial: Optional[str] = None
+    backing_file: Optional[str] = None  # the overlay's backing image (the catalog image)
+    backing_format: str = "qcow2"
 
     def to_xml(self) -> etree._Element:
         disk = etree.Element("disk", type="file", device="disk")
         _sub(disk, "driver", name="qemu", type=self.format, cache=self.cache, io=self.io)
         _sub(disk, "source", file=self.source)
+        if self.backing_file:
+            # Naming the backing image explicitly lets us tell libvirt not to relabel (chown) it:
+            # otherwise it hands the shared catalog image to the QEMU user while any guest runs.
+            # The catalog image must therefore be world-readable.
+            backing = _sub(disk, "backingStore", type="file")
+            _sub(backing, "format", type=self.backing_format)
+            source = _sub(backing, "source", file=self.backing_file)
+            _sub(source, "seclabel", model="dac", relabel="no")
+            _sub(backing, "backingStore")
         _sub(disk, "target", dev=self.target, bus=self.bus)
         if self.readonly:
             _sub(disk, "readonly")
@@ -585,7 +596,17 @@ def build_domain(plan: Plan, config: SiteConfig, image: ImageSpec, guest: GuestD
 
     disks: list[Disk] = []
     if guest.overlay_path:
-        disks.append(Disk(guest.overlay_path, OVERLAY_TARGET, format="qcow2", cache="none", io="native"))
+        disks.append(
+            Disk(
+                guest.overlay_path,
+                OVERLAY_TARGET,
+                format="qcow2",
+                cache="none",
+                io="native",
+                backing_file=image.disk,
+                backing_format=image.format,
+            )
+        )
     if guest.seed_path:
         disks.append(Disk(guest.seed_path, SEED_TARGET, format="raw", readonly=True))
     devices = Devices(

@@ -36,6 +36,10 @@ def check_base_image(base_image: str | os.PathLike) -> Path:
             handle.read(512)
     except OSError as exc:
         raise ImageError(f"catalog image {path} is not readable: {exc.strerror}") from None
+    if not path.stat().st_mode & 0o004:
+        # QEMU runs as an unprivileged user, and the domain XML tells libvirt not to relabel
+        # (chown) the shared catalog image, so QEMU reads it through the "other" bits.
+        raise ImageError(f"catalog image {path} must be world-readable (chmod o+r {path})")
     return path
 
 

@@ -300,12 +300,6 @@ def test_libvirtd_restart_during_the_readiness_wait(node_config, env, node_libvi
     assert_nothing_left(node_config, env, job)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libvirt's DAC driver chowns the catalog image to the QEMU user while a guest runs; fix: "
-    "domain.py should give the overlay disk <backingStore> with <seclabel model='dac' relabel='no'/> "
-    "(verified by hand to leave the base untouched)",
-)
 def test_catalog_image_ownership_untouched_while_a_guest_runs(node_config, env, base_disk):
     job = make_job(307, "tinydisk,vcpus=1,mem=128M")
     before = os.stat(base_disk)
