@@ -456,15 +456,20 @@ def main() -> int:
         submit_and_watch(sandbox, work, max(counts), False, args.timeout)
         submit_and_watch(sandbox, work, 1, True, args.timeout)
         results: dict[int, dict[str, list]] = {n: {"plain": [], "vc": [], "qemu": []} for n in counts}
+        specs_of: dict[int, list[GuestSpec]] = {}
         for rep in range(args.reps):
             order = counts[rep % len(counts) :] + counts[: rep % len(counts)]
             for n in order:
+                # Plain QEMU before the vc job on odd repetitions (with the guests of the previous vc
+                # run of this size), after it on even ones: load drift hits both alike.
+                early = plain_qemu_boot(specs_of[n], scratch) if rep % 2 and n in specs_of else None
                 plain = submit_and_watch(sandbox, work, n, False, args.timeout)
                 vc = submit_and_watch(sandbox, work, n, True, args.timeout)
                 specs = [guest_spec(r.domain_xml, vc.qemu_args) for r in vc.records.values() if r.domain_xml]
                 if len(specs) != n:
                     raise SystemExit(f"job {vc.job.job_id}: got the domain XML of {len(specs)} of {n} guests")
-                boot = plain_qemu_boot(specs, scratch)
+                specs_of[n] = specs
+                boot = early if early is not None else plain_qemu_boot(specs, scratch)
                 results[n]["plain"].append(phase_values(plain))
                 results[n]["vc"].append(phase_values(vc))
                 results[n]["qemu"].append(boot)
