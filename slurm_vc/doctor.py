@@ -192,6 +192,27 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
     return checks
 
 
+def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
+    """state_dir exists or can be made, and QEMU (an unprivileged user) can traverse every directory
+    above it: the overlays, seeds and sockets of each job live below it."""
+    path = Path(config.state_dir)
+    name = "state_dir"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    blocked = [str(p) for p in [existing, *existing.parents] if p.is_dir() and not p.stat().st_mode & 0o001]
+    if blocked:
+        return Check(
+            name,
+            FAIL,
+            f"{', '.join(blocked)} not traversable by other users: QEMU cannot reach guest files",
+            f"chmod o+x {' '.join(blocked)}, or move state_dir",
+        )
+    if not os.access(existing, os.W_OK):
+        return Check(name, FAIL, f"{existing} is not writable", "run as root, or fix state_dir")
+    return Check(name, PASS, f"{path}{'' if path.exists() else ' (created at first use)'}")
+
+
 def _slurm_settings(text: str) -> dict[str, str]:
     settings = {}
     for line in text.splitlines():
@@ -255,6 +276,7 @@ CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_libvirt,
     check_bridge,
     check_images,
+    check_state_dir,
     check_slurm,
 ]
 

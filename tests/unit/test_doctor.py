@@ -110,3 +110,24 @@ def test_run_checks_never_raises_and_formats(tmp_path):
     table = format_table(checks)
     assert "checks," in table.splitlines()[-1]
     assert any(c.name == "libvirtd" for c in checks)
+
+
+def test_state_dir_must_be_traversable():
+    import shutil
+    import tempfile
+
+    from slurm_vc.doctor import check_state_dir
+
+    # not tmp_path: pytest's base directory is 0700, which is exactly what the check refuses
+    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="vc-doctor-"))
+    try:
+        base.chmod(0o755)
+        ok = check_state_dir(config_from_mapping({"state_dir": str(base / "new" / "state")}), HostPaths())
+        assert ok.status == PASS and "created at first use" in ok.detail
+        locked = base / "locked"
+        (locked / "state").mkdir(parents=True)
+        locked.chmod(0o700)
+        bad = check_state_dir(config_from_mapping({"state_dir": str(locked / "state")}), HostPaths())
+        assert bad.status == FAIL and str(locked) in bad.detail and "chmod o+x" in bad.fix
+    finally:
+        shutil.rmtree(base)
