@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import StateError, UsageError
+from .state import check_job_id, job_ids_in
 
 JOBENV_DIR = "jobenv"
 GUESTS_FILE = "guests.json"
@@ -42,7 +43,6 @@ JOB_DIR_ENV = "VC_JOB_DIR"
 # (a unit test checks they agree).
 CONFIG_ENV = "SLURM_VC_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/slurm/vcluster.toml"
-_JOB_ID_RE = re.compile(r"^[0-9]+$")
 
 # Guest states as the job sees them.
 STARTING = "starting"
@@ -242,8 +242,7 @@ def jobenv_root(state_dir: str | os.PathLike) -> Path:
 
 def jobenv_dir(state_dir: str | os.PathLike, job_id: int | str) -> Path:
     """Where job ``job_id``'s published files live on this node."""
-    if not _JOB_ID_RE.match(str(job_id)):
-        raise StateError(f"invalid job id {job_id!r}: expected digits only")
+    check_job_id(job_id)
     return jobenv_root(state_dir) / str(job_id)
 
 
@@ -313,11 +312,7 @@ def remove(state_dir: str | os.PathLike, job_id: int | str) -> bool:
 
 def published_job_ids(state_dir: str | os.PathLike) -> list[str]:
     """Job ids with published files on this node (for ``slurm-vc gc``)."""
-    try:
-        names = os.listdir(jobenv_root(state_dir))
-    except FileNotFoundError:
-        return []
-    return sorted((name for name in names if _JOB_ID_RE.match(name)), key=int)
+    return job_ids_in(jobenv_root(state_dir))
 
 
 # --------------------------------------------------------------------------- job side

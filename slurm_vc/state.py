@@ -59,20 +59,26 @@ def jobs_dir(state_dir: str | os.PathLike) -> Path:
 
 def job_dir(state_dir: str | os.PathLike, job_id: int | str) -> Path:
     """The job's state directory."""
-    _check_job_id(job_id)
+    check_job_id(job_id)
     return jobs_dir(state_dir) / str(job_id)
 
 
 def list_job_ids(state_dir: str | os.PathLike) -> list[str]:
     """Job ids that have a state directory, sorted numerically."""
+    return job_ids_in(jobs_dir(state_dir))
+
+
+def job_ids_in(directory: str | os.PathLike) -> list[str]:
+    """Names in ``directory`` that are job ids (digits only), sorted numerically; [] if it is absent."""
     try:
-        names = os.listdir(jobs_dir(state_dir))
+        names = os.listdir(directory)
     except FileNotFoundError:
         return []
     return sorted((name for name in names if _JOB_ID_RE.match(name)), key=int)
 
 
-def _check_job_id(job_id: int | str) -> None:
+def check_job_id(job_id: int | str) -> None:
+    """Raise StateError unless ``job_id`` is digits only (it becomes a path component)."""
     if not _JOB_ID_RE.match(str(job_id)):
         raise StateError(f"invalid job id {job_id!r}: expected digits only")
 
