@@ -88,6 +88,10 @@ SANDBOX_UP=1
 "$SLURM_VC" sandbox up --name "$NAME" --nodes "$NODES" >/dev/null || fail "sandbox up failed"
 as_root sinfo -h -N -o '   %N: %T, %c CPUs, %m MB' || fail "sinfo failed"
 JOB_USER=$("$PY" -c "from slurm_vc.sandbox.cluster import Sandbox; print(Sandbox('$NAME', quiet=True).user)")
+SANDBOX_CONF=$("$PY" -c "from slurm_vc.sandbox.layout import layout_for; print(layout_for('$NAME').slurm_conf)")
+# Polling Slurm while the guests boot: call scontrol directly (a Python wrapper per poll would take
+# CPU from the guests on a small machine).
+scontrol_job() { SLURM_CONF="$SANDBOX_CONF" scontrol show job "$@"; }
 # sbatch runs the --vcluster validator (slurm-vc from this venv) as the job user.
 in_sandbox -- "$SLURM_VC" --help >/dev/null 2>&1 ||
   fail "the job user $JOB_USER cannot run $SLURM_VC: the checkout or the venv's Python is not reachable by
@@ -120,7 +124,7 @@ STATE=""
 REASON=""
 while :; do
   # MinJobAge is short in the sandbox: keep the last full record before Slurm forgets the job.
-  if as_root scontrol show job "$JOB" >"$WORK/job.now" 2>/dev/null; then
+  if scontrol_job "$JOB" >"$WORK/job.now" 2>/dev/null; then
     mv "$WORK/job.now" "$WORK/job.txt"
     STATE=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' "$WORK/job.txt" | head -1)
     REASON=$(sed -n 's/.*Reason=\([^ ]*\).*/\1/p' "$WORK/job.txt" | head -1)
