@@ -371,13 +371,29 @@ def fmt(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.2f} s"
 
 
+def slurm_vc_phases(plain: dict[str, float], vc: dict[str, float]) -> Optional[float]:
+    """What slurm-vc itself adds, without Slurm's scheduler and libvirt/boot: validator at submit,
+    prolog start-up, prolog steps before libvirt, and the hand-over to the job script."""
+    try:
+        return (
+            vc["sbatch -> queued"]
+            - plain["sbatch -> queued"]
+            + vc["allocated -> prolog start"]
+            + vc["prolog start -> libvirt create"]
+            + vc["last guest ready -> script start"]
+            - plain["allocated -> script start"]
+        )
+    except KeyError:
+        return None
+
+
 def report(results: dict[int, dict[str, list]], reps: int) -> str:
     """Markdown tables from ``{n: {"plain": [phase values], "vc": [phase values], "qemu": [seconds]}}``."""
     lines = []
     summary = [
         "| nodes | plain job | --vcluster job | plain QEMU boot | overhead (vs plain QEMU) | per node "
-        "| overhead (timeline) | per node |",
-        "|---|---|---|---|---|---|---|---|",
+        "| overhead (timeline) | per node | slurm-vc phases |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, data in sorted(results.items()):
         plain = medians(data["plain"])
@@ -389,7 +405,7 @@ def report(results: dict[int, dict[str, list]], reps: int) -> str:
         summary.append(
             f"| {n} | {fmt(plain['sbatch -> script start'])} | {fmt(vc['sbatch -> script start'])} | "
             f"{fmt(boot)} | {fmt(overhead)} | {fmt(overhead / n)} | {fmt(own_overhead)} | "
-            f"{fmt(None if own_overhead is None else own_overhead / n)} |"
+            f"{fmt(None if own_overhead is None else own_overhead / n)} | {fmt(slurm_vc_phases(plain, vc))} |"
         )
         lines.append(f"\n{n} node(s), medians of {reps} runs (the slowest node gates each phase):\n")
         lines.append("| phase | plain job | --vcluster job | over plain |")
