@@ -139,7 +139,7 @@ def _start(facts, config, view) -> int:
     info = lifecycle.run_prolog(job, config)
     _share_console(info.console_log, facts.uid)
     view.local.state = jobenv.READY
-    view.local.ready_at = view.local.started_at + info.seconds_to_ready
+    view.local.ready_at = jobenv.now()  # wall clock: seconds_to_ready then covers the whole prolog
     view.local.console_log = info.console_log
     jobenv.publish(config.state_dir, view, facts.uid, facts.gid)
     return 0
