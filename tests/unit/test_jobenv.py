@@ -278,13 +278,17 @@ def prolog_world(tmp_path, monkeypatch):
     return facts, str(toml), seen, outcome
 
 
-def test_prolog_success_publishes_ready_guest_and_key(prolog_world, tmp_path):
+def test_prolog_success_publishes_ready_guest_and_key(prolog_world, tmp_path, monkeypatch):
     facts, toml, seen, _ = prolog_world
+    # the published times are wall-clock: prolog start, then the moment the guest was ready
+    clock = iter([1000.0, 1006.5])
+    monkeypatch.setattr(jobenv, "now", lambda: next(clock))
     assert prolog_cmd.prolog(facts, toml) == 0
     job = seen["jobs"][0]
     assert job.nodes == ("n1", "n2", "n3") and job.memory == 1 << 30 and job.vcluster == "tiny"
     view = jobenv.load(tmp_path / "jobenv" / "42")
-    assert view.local.state == jobenv.READY and view.local.seconds_to_ready == 4.25
+    # the whole prolog (6.5 s), not only the guest's own start -> ready (4.25 s)
+    assert view.local.state == jobenv.READY and view.local.seconds_to_ready == 6.5
     assert [g.hostname for g in view.guests] == ["vc42-0", "vc42-1", "vc42-2"]
     # The key published for the job is the one whose public half went into the guest.
     public = (tmp_path / "jobenv" / "42" / "id_ed25519.pub").read_text().strip()
