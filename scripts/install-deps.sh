@@ -32,13 +32,25 @@ fi
 
 # The system Python, not a per-user one (pyenv under /root): job users must be able to run slurm-vc.
 PYTHON=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+# A venv made from another interpreter (an older checkout's, or a pyenv one job users cannot run)
+# is rebuilt.
+venv_home=$(sed -n 's/^home = //p' .venv/pyvenv.cfg 2>/dev/null || true)
+if [ -x .venv/bin/python ] && [ "$venv_home" != "$(dirname "$(readlink -f "$PYTHON")")" ]; then
+  echo "install-deps: rebuilding .venv on $PYTHON (it was made from $venv_home)"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import slurm_vc, libvirt, lxml, pydantic, psutil, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e '.[test,libvirt]'
+  # pip's build chatter (setuptools deprecation notices of dependencies) goes to a log, shown on failure.
+  if ! .venv/bin/pip install -q -e '.[test,libvirt]' > .venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    echo "install-deps: pip install failed (log above, also in .venv/pip-install.log)" >&2
+    exit 1
+  fi
   touch .venv/.installed
 fi
 echo "install-deps: ready (.venv/bin/slurm-vc)"
