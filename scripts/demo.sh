@@ -51,8 +51,12 @@ cleanup() {
         "$NAME" "$SLURM_VC" "$NAME"
     else
       printf '\n\033[1m== [%d/%d] tear the sandbox down\033[0m\n' "$STEPS" "$STEPS"
-      if "$SLURM_VC" sandbox down --name "$NAME"; then
+      # logs are kept for a post-mortem only when the demo failed
+      purge=()
+      [ "$status" -ne 0 ] || purge=(--purge-logs)
+      if "$SLURM_VC" sandbox down --name "$NAME" "${purge[@]}"; then
         note "sandbox $NAME is down: no daemon, namespace, bridge or mount of it is left"
+        [ "$status" -eq 0 ] || note "its logs: /var/lib/slurm-vc-sandbox/$NAME/log"
       else
         note "sandbox down failed (status $?): run '$SLURM_VC sandbox down --name $NAME' again"
         [ "$status" -ne 0 ] || status=1

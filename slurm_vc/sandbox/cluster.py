@@ -743,6 +743,8 @@ class Sandbox:
         # 8. Files: everything but the logs (kept for a post-mortem unless asked).
         if not keep_logs:
             shutil.rmtree(layout.base, ignore_errors=True)
+            # nothing is left to guard; a later up of this name makes the lock file again
+            layout.lock_file.unlink(missing_ok=True)
         if layout.base.exists():
             for entry in layout.base.iterdir():
                 if keep_logs and entry.name == "log":

@@ -236,8 +236,10 @@ def require_sandbox() -> None:
 
 
 @pytest.fixture(scope="session")
-def sandbox():
-    """A 3-node sandbox cluster (Slurm + per-node libvirtd), up once for the e2e session."""
+def sandbox(request):
+    """A 3-node sandbox cluster (Slurm + per-node libvirtd), up once for the e2e session.
+
+    Its logs are kept only when a test of the session failed (for the post-mortem)."""
     reason = sandbox_unavailable()
     if reason:
         pytest.skip(reason)
@@ -264,6 +266,6 @@ def sandbox():
         yield handle
     finally:
         if not os.environ.get("SLURM_VC_E2E_KEEP"):
-            cluster.down()
+            cluster.down(keep_logs=request.session.testsfailed > 0)
             if not fixed:
                 release_sandbox_name(name)

@@ -115,12 +115,14 @@ def start_test_domain(layout, node: str) -> str:
 
 
 @pytest.fixture
-def sb(sandbox_names) -> SandboxCli:
-    """The test's own sandbox (a free name for this session), down before and after the test."""
+def sb(sandbox_names, request) -> SandboxCli:
+    """The test's own sandbox (a free name for this session), down before and after the test.
+
+    Its logs are kept only when a test of the session failed (for the post-mortem)."""
     name = sandbox_names("vt")
     Sandbox(name, quiet=True).down()
     yield SandboxCli(name)
-    Sandbox(name, quiet=True).down()
+    Sandbox(name, quiet=True).down(keep_logs=request.session.testsfailed > 0)
 
 
 def test_up_jobs_status_exec_down(sb: SandboxCli) -> None:
