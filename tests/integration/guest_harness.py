@@ -50,6 +50,20 @@ def missing_tools(*tools: str) -> list[str]:
     return [tool for tool in tools if not shutil.which(tool)]
 
 
+def build_guest_image(script: str, out: Path, *tools: str, timeout: float) -> Path:
+    """Run ``guest/<script> OUT`` (each build script caches by its inputs) and return OUT.
+
+    Fails the test, with the build's output, when a tool is missing or the build fails."""
+    missing = missing_tools(*tools)
+    assert not missing, f"missing tools (scripts/install-deps.sh installs them): {missing}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["sh", str(REPO / "guest" / script), str(out)], capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}{result.stderr[-4000:]}"
+    return out
+
+
 def make_key(directory: Path, name: str) -> tuple[Path, str]:
     """A fresh ed25519 key pair: (private key path, public key line)."""
     private = directory / name

@@ -19,10 +19,10 @@ import pytest
 from guest_harness import (
     ATF_PERM,
     CACHE,
-    REPO,
     PrivateNet,
     Qemu,
     arp_table,
+    build_guest_image,
     hosts_table,
     make_key,
     missing_tools,
@@ -44,20 +44,8 @@ SUBNET = "10.233.20"
 
 @pytest.fixture(scope="module")
 def cloud_image() -> Path:
-    missing = missing_tools(*TOOLS)
-    if not (missing_tools("mmdebstrap") == [] or missing_tools("debootstrap") == []):
-        missing.append("mmdebstrap or debootstrap")
-    assert not missing, f"missing tools (scripts/install-deps.sh installs them): {missing}"
-    out = CACHE / "cloudinit"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["sh", str(REPO / "guest" / "build-cloudinit-image.sh"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, f"build-cloudinit-image.sh failed:\n{result.stdout}{result.stderr[-4000:]}"
-    return out
+    bootstrap = "mmdebstrap" if not missing_tools("mmdebstrap") else "debootstrap"
+    return build_guest_image("build-cloudinit-image.sh", CACHE / "cloudinit", *TOOLS, bootstrap, timeout=900)
 
 
 def test_real_cloud_init_applies_the_seed(cloud_image, tmp_path):

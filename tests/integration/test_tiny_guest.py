@@ -20,9 +20,9 @@ from guest_harness import (
     PrivateNet,
     Qemu,
     arp_table,
+    build_guest_image,
     hosts_table,
     make_key,
-    missing_tools,
 )
 
 from slurm_vc import seed
@@ -39,17 +39,7 @@ TOOLS = ("qemu-system-x86_64", "nsenter", "ip", "ssh", "ssh-keygen", "busybox", 
 
 @pytest.fixture(scope="module")
 def tiny_image() -> Path:
-    missing = missing_tools(*TOOLS)
-    assert not missing, f"missing tools (scripts/install-deps.sh installs them): {missing}"
-    out = CACHE / "tiny-guest"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["sh", str(REPO / "guest" / "build-tiny-guest.sh"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"build-tiny-guest.sh failed:\n{result.stdout}{result.stderr}"
+    out = build_guest_image("build-tiny-guest.sh", CACHE / "tiny-guest", *TOOLS, timeout=300)
     assert (out / "vmlinuz").is_file() and (out / "initrd.img").is_file()
     return out
 
