@@ -33,21 +33,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import timeline
+from .slurm import TERMINAL_JOB_STATES
 
 POLL = 0.02  # seconds between polls: stat + read of two small files per node
-TERMINAL_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "OUT_OF_MEMORY",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
 HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
 
 
@@ -186,7 +174,7 @@ def job_state(sandbox, job_id: str | int) -> tuple[str, str]:
 
 def job_finished(sandbox, job_id: str | int) -> bool:
     state, _ = job_state(sandbox, job_id)
-    return state in TERMINAL_STATES or state == "GONE"
+    return state in TERMINAL_JOB_STATES or state == "GONE"
 
 
 def state_dirs(sandbox) -> dict[str, Path]:

@@ -23,6 +23,21 @@ from typing import Optional
 
 from .errors import SlurmError
 
+# Job states after which a job never runs again (squeue/scontrol JobState values).
+TERMINAL_JOB_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
+)
+
 # Where Slurm's commands live when PATH is empty (the prolog's environment has none).
 DEFAULT_PATH = "/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin"
 BINDIR_ENV = "SLURM_VC_SLURM_BINDIR"  # override: a directory holding scontrol, squeue, srun

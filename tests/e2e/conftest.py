@@ -32,19 +32,10 @@ from typing import Optional, Union
 
 import pytest
 
+from slurm_vc.slurm import TERMINAL_JOB_STATES
+
 E2E_PREFIX = "ve"
 E2E_NODES = 3
-TERMINAL_STATES = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
 
 
 def sandbox_unavailable() -> Optional[str]:
@@ -131,7 +122,7 @@ class SandboxHandle:
         state = ""
         while time.monotonic() < deadline:
             state = self.job_info(job_id).get("JobState", "")
-            if state in TERMINAL_STATES:
+            if state in TERMINAL_JOB_STATES:
                 return state
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} still {state or 'unknown'} after {timeout} s")
