@@ -176,7 +176,11 @@ def check_bridge(config: SiteConfig, paths: HostPaths) -> Check:
 
 
 def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
-    """Every catalog image's files exist and are readable."""
+    """Every catalog image's files exist and are readable; disk images also world-readable, as the
+    prolog requires (QEMU reads them without libvirt relabelling them: ``images.check_base_image``)."""
+    from .errors import ImageError
+    from .images import check_base_image
+
     if not config.images:
         return [Check("images", FAIL, "the catalog is empty", "add an [images.NAME] table")]
     checks = []
@@ -187,8 +191,14 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
             checks.append(
                 Check(f"image {name}", FAIL, f"not readable: {', '.join(bad)}", "fix the path in the catalog")
             )
-        else:
-            checks.append(Check(f"image {name}", PASS, ", ".join(files)))
+            continue
+        try:
+            if image.disk:
+                check_base_image(image.disk)
+        except ImageError as exc:
+            checks.append(Check(f"image {name}", FAIL, str(exc), f"chmod o+r {image.disk}"))
+            continue
+        checks.append(Check(f"image {name}", PASS, ", ".join(files)))
     return checks
 
 

@@ -88,6 +88,13 @@ def test_images_unreadable(tmp_path):
     )
     results = {c.name: c.status for c in check_images(good, make_host(tmp_path / "a"))}
     assert results == {"image bad": FAIL, "image ok": PASS}
+    private = tmp_path / "private.qcow2"
+    private.write_bytes(b"QFI\xfb")
+    private.chmod(0o600)
+    [check] = check_images(
+        config_from_mapping({"images": {"p": {"disk": str(private)}}}), make_host(tmp_path / "b")
+    )
+    assert check.status == FAIL and "world-readable" in check.detail and "chmod o+r" in check.fix
 
 
 def test_slurm_lines(tmp_path, monkeypatch):
