@@ -7,9 +7,12 @@ it is clearly impossible (not root, libvirtd or QEMU not installed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from typing import Optional
 
 import pytest
 
@@ -30,24 +33,31 @@ def _libvirt_possible() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def private_libvirtd():
-    """A running :class:`PrivateLibvirtd` for the session (stopped and removed at the end)."""
-    reason = _libvirt_possible()
-    if reason:
-        pytest.skip(reason)
+@contextlib.contextmanager
+def _running_libvirtd(name: str, netns: Optional[str] = None) -> Iterator:
+    """A started PrivateLibvirtd in a fresh base dir; stopped and removed on exit."""
     from slurm_vc.sandbox.libvirtd import PrivateLibvirtd
 
     # Short base path: the socket path must fit in sun_path (108 bytes).
     base = tempfile.mkdtemp(prefix=LIBVIRT_BASE_PREFIX)
     os.chmod(base, 0o755)  # QEMU (libvirt-qemu) must reach the hugetlbfs mounts below it
-    daemon = PrivateLibvirtd("lv", base)
+    daemon = PrivateLibvirtd(name, base, netns=netns)
     daemon.start()
     try:
         yield daemon
     finally:
         daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_libvirtd():
+    """A running :class:`PrivateLibvirtd` for the session (stopped and removed at the end)."""
+    reason = _libvirt_possible()
+    if reason:
+        pytest.skip(reason)
+    with _running_libvirtd("lv") as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="session")
@@ -92,17 +102,8 @@ def node_netns():
 @pytest.fixture(scope="session")
 def node_libvirtd(node_netns):
     """A private libvirtd inside the test node's network namespace."""
-    from slurm_vc.sandbox.libvirtd import PrivateLibvirtd
-
-    base = tempfile.mkdtemp(prefix=LIBVIRT_BASE_PREFIX)
-    os.chmod(base, 0o755)  # QEMU (libvirt-qemu) must reach the hugetlbfs mounts below it
-    daemon = PrivateLibvirtd("node", base, netns=node_netns)
-    daemon.start()
-    try:
+    with _running_libvirtd("node", netns=node_netns) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
