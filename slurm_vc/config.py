@@ -191,6 +191,9 @@ class SiteConfig(_Strict):
     """The whole site configuration."""
 
     state_dir: str = "/var/lib/slurm-vc"
+    # State that must die with the boot, like the kernel objects it describes (hugepage ledgers: a
+    # pool does not survive a reboot either).  Meant for a tmpfs: keeps those writes off the disk.
+    runtime_dir: str = "/run/slurm-vc"
     # Secret shared by every compute node, from which each job's SSH key pair is derived (jobkey.py).
     job_key_secret: str = "/etc/munge/munge.key"
     host: HostSettings = HostSettings()
