@@ -48,7 +48,9 @@ from typing import Optional
 from lxml import etree
 
 from slurm_vc import jobwatch, timeline
+from slurm_vc.hugepages import HugepagePool
 from slurm_vc.sandbox.cluster import Sandbox
+from slurm_vc.slurm import TERMINAL_JOB_STATES
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TEXT = "SLURM-VC-READY"
@@ -66,7 +68,8 @@ class JobRun:
     job: timeline.JobTimes
     records: dict[str, jobwatch.NodeRecord] = field(default_factory=dict)
     state: str = ""
-    qemu_args: dict[str, dict[str, str]] = field(default_factory=dict)
+    qemu_argv: dict[str, list[str]] = field(default_factory=dict)  # domain -> libvirt's QEMU argv
+    files: dict[str, str] = field(default_factory=dict)  # per-job file -> a copy that outlives the job
 
     @property
     def time_to_cluster(self) -> Optional[float]:
@@ -77,17 +80,20 @@ class JobRun:
 
 
 class CapturingWatcher(jobwatch.JobWatcher):
-    """Also notes the ``-cpu`` and ``-machine`` libvirt gave the job's QEMU processes (for the baseline)."""
+    """Also records the argv libvirt gave the job's QEMU processes, and copies each guest's seed image
+    (removed at teardown), so the baseline can boot the same virtual machine without libvirt."""
 
-    def __init__(self, state_dirs, job_id) -> None:
+    def __init__(self, state_dirs, job_id, scratch: Path) -> None:
         super().__init__(state_dirs, job_id)
-        self.qemu_args: dict[str, dict[str, str]] = {}  # domain name -> {"-cpu": ..., "-machine": ...}
+        self.qemu_argv: dict[str, list[str]] = {}  # domain name -> QEMU argv
+        self.files: dict[str, str] = {}  # a file the argv names -> our copy of it
+        self.scratch = scratch
         self._next_scan = 0.0
 
     def poll_once(self) -> None:
         super().poll_once()
         now = time.monotonic()
-        if now < self._next_scan or len(self.qemu_args) >= len(self.state_dirs):
+        if now < self._next_scan or len(self.qemu_argv) >= len(self.state_dirs):
             return
         self._next_scan = now + 0.2
         marker = f"guest=vc-{self.job_id}-".encode()
@@ -102,11 +108,18 @@ class CapturingWatcher(jobwatch.JobWatcher):
             if not names or not argv[0].endswith(b"qemu-system-x86_64"):
                 continue
             name = names[0].decode().split(",")[0].split("=", 1)[1]
-            found = {}
-            for flag in ("-cpu", "-machine"):
-                if flag.encode() in argv:
-                    found[flag] = argv[argv.index(flag.encode()) + 1].decode()
-            self.qemu_args[name] = found
+            if name in self.qemu_argv:
+                continue
+            text = [a.decode() for a in argv if a]
+            for path in job_files(text):
+                copy = self.scratch / "files" / name / Path(path).name
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    shutil.copyfile(path, copy)
+                except OSError:
+                    continue  # gone already: the baseline for this run then reports it
+                self.files[path] = str(copy)
+            self.qemu_argv[name] = text
 
 
 def wait_idle(sandbox: Sandbox, timeout: float = 120) -> None:
@@ -120,7 +133,9 @@ def wait_idle(sandbox: Sandbox, timeout: float = 120) -> None:
     raise SystemExit(f"nodes not idle after {timeout:.0f} s: {sandbox.node_states()}")
 
 
-def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, timeout: float) -> JobRun:
+def submit_and_watch(
+    sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, timeout: float, scratch: Path
+) -> JobRun:
     """Submit the job, watch it to the end of its teardown, and assemble its timeline."""
     wait_idle(sandbox)
     argv = ["sbatch", f"-N{nodes}", "-o", str(work / "%j.out")]
@@ -133,14 +148,14 @@ def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, t
     if not match:
         raise SystemExit(f"sbatch failed: {result.stdout}{result.stderr}")
     job_id = match.group(1)
-    watcher = CapturingWatcher(jobwatch.state_dirs(sandbox), job_id)
+    watcher = CapturingWatcher(jobwatch.state_dirs(sandbox), job_id, scratch)
     last_state = {"state": ""}
 
     def finished() -> bool:
         state, _ = jobwatch.job_state(sandbox, job_id)
         if state != "GONE":
             last_state["state"] = state
-        return state in jobwatch.TERMINAL_STATES or state == "GONE"
+        return state in TERMINAL_JOB_STATES or state == "GONE"
 
     if not watcher.run(finished, timeout):
         sandbox.exec_argv(["scancel", job_id], user="root", capture=True)
@@ -152,7 +167,9 @@ def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, t
         jobwatch.read_text(work / f"{job_id}.out"),
         jobwatch.read_text(sandbox.layout.log / "slurmctld.log"),
     )
-    run = JobRun(nodes, vcluster, job, dict(watcher.records), last_state["state"], watcher.qemu_args)
+    run = JobRun(
+        nodes, vcluster, job, dict(watcher.records), last_state["state"], watcher.qemu_argv, watcher.files
+    )
     if run.state != "COMPLETED" or job.script_start is None:
         raise SystemExit(
             f"job {job_id} (-N{nodes}, vcluster={vcluster}) ended {run.state}; output:\n"
@@ -163,51 +180,158 @@ def submit_and_watch(sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, t
 
 # ------------------------------------------------------------------------------------------ plain QEMU
 
+# QEMU options that take no value (everything else libvirt passes is "-option value").
+FLAGS_WITHOUT_VALUE = {"-S", "-no-user-config", "-nodefaults", "-no-shutdown", "-no-reboot", "-enable-kvm"}
+
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """What the plain-QEMU baseline copies from a vc guest's domain XML."""
+    """One vc guest, as the plain-QEMU baseline needs it."""
 
-    kernel: str
-    initrd: str
-    cmdline: str
-    memory_kib: int
-    vcpus: int
-    cpus: str  # taskset CPU list: the vCPU and emulator pins
-    mac: str
-    cpu: str = ""  # libvirt's -cpu for this guest ("" = QEMU's default)
-    machine: str = ""  # libvirt's machine type
+    name: str  # the libvirt domain name
+    argv: tuple[str, ...]  # the QEMU argv libvirt ran
+    files: dict[str, str]  # per-job files the argv names (seed image) -> copies that outlived the job
+    cpus: str  # taskset CPU list: the union of the vCPU and emulator pins
+    page_size: int  # hugepage size backing the guest's RAM in bytes, 0 = normal pages
+    pages: dict[int, int]  # host NUMA node -> hugepages the guest's RAM needs there
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    memory_kib: int = 262144
+    vcpus: int = 1
+    mac: str = "52:54:00:00:00:01"
 
 
-def guest_spec(domain_xml: str, qemu_args: Optional[dict[str, dict[str, str]]] = None) -> GuestSpec:
+def job_files(argv: list[str]) -> list[str]:
+    """Files named by ``-blockdev`` options of a libvirt QEMU argv (the per-job seed image)."""
+    found = []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-blockdev" and value.startswith("{"):
+            filename = json.loads(value).get("filename")
+            if filename:
+                found.append(filename)
+    return found
+
+
+def _options(text: str) -> tuple[str, dict[str, str]]:
+    """'socket,id=x,fd=3' -> ('socket', {'id': 'x', 'fd': '3'}) (QEMU's key=value option syntax)."""
+    head, *rest = text.split(",")
+    return head, dict(item.split("=", 1) if "=" in item else (item, "") for item in rest)
+
+
+def standalone_argv(argv: list[str], directory: Path, mem_path: str, files: dict[str, str]) -> list[str]:
+    """libvirt's QEMU argv turned into one plain QEMU can run alone: the same virtual machine (machine,
+    CPU model, memory backing, NUMA, devices, kernel), without what only libvirt can provide.
+
+    Dropped: ``-S`` (libvirt resumes the paused guest over QMP), the QMP monitor, the master-key
+    secret, ``-add-fd``.  Replaced: the tap fd by a hub port (a NIC with nothing behind it; the guest
+    configures it as usual), file descriptors and ptys of character devices by files and sockets in
+    ``directory``, the hugetlbfs path by ``mem_path``, per-job files by ``files``.  Raises ValueError
+    if anything still refers to a file descriptor libvirt would have passed.
+    """
+    out: list[str] = [argv[0]]
+    index = 1
+    while index < len(argv):
+        flag = argv[index]
+        if flag in FLAGS_WITHOUT_VALUE or not flag.startswith("-") or index + 1 >= len(argv):
+            if flag != "-S":
+                out.append(flag)
+            index += 1
+            continue
+        value = argv[index + 1]
+        index += 2
+        if flag == "-add-fd":
+            continue
+        if flag == "-name":
+            value = value.replace("guest=", "guest=plain-", 1)
+        elif flag == "-mon" and "chardev=charmonitor" in value:
+            continue
+        elif flag == "-object" and value.startswith("{"):
+            obj = json.loads(value)
+            if obj.get("qom-type") == "secret":
+                continue
+            if "mem-path" in obj:
+                obj["mem-path"] = mem_path
+            value = json.dumps(obj, separators=(",", ":"))
+        elif flag == "-blockdev" and value.startswith("{"):
+            block = json.loads(value)
+            if block.get("filename") in files:
+                block["filename"] = files[block["filename"]]
+            value = json.dumps(block, separators=(",", ":"))
+        elif flag == "-netdev":
+            netdev_id = json.loads(value)["id"] if value.startswith("{") else _options(value)[1]["id"]
+            value = f"hubport,hubid=0,id={netdev_id}"
+        elif flag == "-chardev":
+            backend, opts = _options(value)
+            chardev_id = opts["id"]
+            if chardev_id == "charmonitor":
+                continue
+            if backend == "socket":
+                value = f"socket,id={chardev_id},path={directory / (chardev_id + '.sock')},server=on,wait=off"
+            elif backend in ("pty", "file"):
+                value = f"file,id={chardev_id},path={directory / (chardev_id + '.log')}"
+        if "fd=" in value or "/dev/fdset" in value:
+            raise ValueError(f"cannot run {flag} {value} without libvirt")
+        out += [flag, value]
+    return out
+
+
+def guest_spec(domain_xml: str, argv: list[str], files: dict[str, str]) -> GuestSpec:
+    """What the baseline needs of one vc guest, from its domain XML and libvirt's QEMU argv."""
     root = etree.fromstring(domain_xml.encode())
     pins = {el.get("cpuset") for el in root.iterfind("cputune/vcpupin")}
     pins |= {el.get("cpuset") for el in root.iterfind("cputune/emulatorpin")}
     pins.discard(None)
+    page = root.find("memoryBacking/hugepages/page")
+    page_size = int(page.get("size")) * 1024 if page is not None else 0  # KiB in the XML
+    pages: dict[int, int] = {}
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-object" and value.startswith("{") and page_size:
+            obj = json.loads(value)
+            if obj.get("qom-type") == "memory-backend-file":
+                node = (obj.get("host-nodes") or [0])[0]
+                pages[node] = pages.get(node, 0) + int(obj["size"]) // page_size
     mac = root.find("devices/interface/mac")
-    args = (qemu_args or {}).get(root.findtext("name") or "", {})
     return GuestSpec(
+        name=root.findtext("name") or "",
+        argv=tuple(argv),
+        files=dict(files),
+        cpus=",".join(sorted(pins)) or f"0-{os.cpu_count() - 1}",
+        page_size=page_size,
+        pages=pages,
         kernel=root.findtext("os/kernel") or "",
         initrd=root.findtext("os/initrd") or "",
         cmdline=root.findtext("os/cmdline") or "",
         memory_kib=int(root.findtext("memory") or 262144),
         vcpus=int(root.findtext("vcpu") or 1),
-        cpus=",".join(sorted(pins)) or f"0-{os.cpu_count() - 1}",
         mac=mac.get("address") if mac is not None else "52:54:00:00:00:01",
-        cpu=args.get("-cpu", ""),
-        machine=args.get("-machine", "").split(",")[0],
     )
 
 
-def qemu_argv(spec: GuestSpec, directory: Path) -> list[str]:
-    """A plain TCG QEMU like the libvirt guest: same kernel/initrd/cmdline/memory/vCPUs/CPU model, NIC,
-    ready port; no hugepages, seed disk, agent channel or RNG (the image is configured by its cmdline)."""
-    extra = (["-cpu", spec.cpu] if spec.cpu else []) + (["-machine", spec.machine] if spec.machine else [])
+def guest_specs(run: JobRun) -> list[GuestSpec]:
+    """The baseline's specs of every guest of a vc run whose XML and QEMU argv were captured."""
+    specs = []
+    for record in run.records.values():
+        if not record.domain_xml:
+            continue
+        name = etree.fromstring(record.domain_xml.encode()).findtext("name") or ""
+        if name in run.qemu_argv:
+            specs.append(guest_spec(record.domain_xml, run.qemu_argv[name], run.files))
+    return specs
+
+
+def minimal_argv(spec: GuestSpec, directory: Path) -> list[str]:
+    """The lighter baseline of earlier runs (``--baseline minimal``): the guest's kernel, initrd,
+    command line, memory, vCPUs, CPU and machine model, a NIC and the ready port; no hugepage-backed
+    (preallocated) RAM, seed disk, agent channel or RNG."""
+    argv = list(spec.argv)
+    extra = []
+    for flag in ("-cpu", "-machine"):
+        if flag in argv:
+            value = argv[argv.index(flag) + 1]
+            extra += [flag, value if flag == "-cpu" else value.split(",")[0]]
     return [
-        "taskset",
-        "-c",
-        spec.cpus,
-        "qemu-system-x86_64",
+        argv[0] if argv else "qemu-system-x86_64",
         "-accel",
         "tcg",
         *extra,
@@ -227,7 +351,6 @@ def qemu_argv(spec: GuestSpec, directory: Path) -> list[str]:
         spec.cmdline,
         "-serial",
         f"file:{directory / 'console.log'}",
-        # A NIC on a hub with no other port: the guest configures it as usual, nothing leaves.
         "-netdev",
         "hubport,id=net0,hubid=0",
         "-device",
@@ -271,18 +394,58 @@ def remove_cgroup(path: Optional[Path]) -> None:
             time.sleep(0.1)
 
 
-def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, timeout: float = 300) -> float:
-    """Start one QEMU per spec at once; seconds until the last one printed its ready line."""
+class HugetlbMounts:
+    """Private hugetlbfs mounts (one per page size) for the baseline's RAM; unmounted by close()."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.mounted: dict[int, Path] = {}
+
+    def path(self, page_size: int) -> Path:
+        if page_size not in self.mounted:
+            target = self.scratch / f"hugetlbfs-{page_size // 1024}k"
+            target.mkdir(exist_ok=True)
+            subprocess.run(
+                ["mount", "-t", "hugetlbfs", "-o", f"pagesize={page_size // 1024}k", "none", str(target)],
+                check=True,
+            )
+            self.mounted[page_size] = target
+        return self.mounted[page_size]
+
+    def close(self) -> None:
+        for target in self.mounted.values():
+            subprocess.run(["umount", str(target)], check=False)
+        self.mounted.clear()
+
+
+def plain_qemu_boot(
+    specs: list[GuestSpec], scratch: Path, mounts: HugetlbMounts, baseline: str, timeout: float = 300
+) -> float:
+    """Start one QEMU per spec at once; seconds until the last one printed its ready line.
+
+    For the ``same`` baseline the hugepages the guests' RAM needs are added to the pools first (not
+    timed, like the prolog's few-millisecond ``hugepages`` step) and given back afterwards.
+    """
     procs = []
     groups = [machine_cgroup(f"vcbench-plain-{os.getpid()}-{index}") for index in range(len(specs))]
+    pool = HugepagePool(str(scratch / "hugepage-ledgers"))
+    job = f"vcbench-plain-{os.getpid()}"
     try:
-        started = time.monotonic()
+        argvs = []
         for index, spec in enumerate(specs):
             directory = Path(tempfile.mkdtemp(prefix=f"q{index}-", dir=scratch))
+            if baseline == "minimal":
+                argv = minimal_argv(spec, directory)
+            else:
+                mem_path = str(mounts.path(spec.page_size)) if spec.page_size else ""
+                argv = standalone_argv(list(spec.argv), directory, mem_path, spec.files)
+                if spec.page_size:
+                    pool.reserve(f"{job}-{index}", spec.page_size, spec.pages)
+            argvs.append((directory, ["taskset", "-c", spec.cpus, *argv]))
+        started = time.monotonic()
+        for index, (directory, argv) in enumerate(argvs):
             log = open(directory / "qemu.log", "wb")
-            proc = subprocess.Popen(
-                qemu_argv(spec, directory), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             log.close()
             procs.append((directory, proc))
             if groups[index] is not None:
@@ -295,14 +458,11 @@ def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, timeout: float = 300)
             for index, (directory, proc) in enumerate(procs):
                 if index in ready:
                     continue
-                for name in ("ready.log", "console.log"):
-                    if READY_TEXT in jobwatch.read_text(directory / name):
-                        ready[index] = time.monotonic() - started
-                        break
-                else:
-                    if proc.poll() is not None:
-                        log_text = jobwatch.read_text(directory / "qemu.log")
-                        raise SystemExit(f"plain QEMU exited {proc.returncode}: {log_text}")
+                if any(READY_TEXT in jobwatch.read_text(log) for log in directory.glob("*.log")):
+                    ready[index] = time.monotonic() - started
+                elif proc.poll() is not None:
+                    log_text = jobwatch.read_text(directory / "qemu.log")
+                    raise SystemExit(f"plain QEMU exited {proc.returncode}: {log_text}")
             time.sleep(0.02)
         return max(ready.values())
     finally:
@@ -312,6 +472,8 @@ def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, timeout: float = 300)
             proc.wait(timeout=30)
         for group in groups:
             remove_cgroup(group)
+        for ledger in pool.list_ledgers():
+            pool.release(ledger.job_id)
 
 
 # ------------------------------------------------------------------------------------------ phases
@@ -448,6 +610,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds per job (default 300)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up")
     parser.add_argument("--json", help="also write the per-run phase values to this file")
+    parser.add_argument(
+        "--baseline",
+        choices=("same", "minimal"),
+        default="same",
+        help="plain QEMU boots the same virtual machine as libvirt did (default), or the lighter one of"
+        " earlier runs (no hugepage-backed RAM, seed disk, agent channel, RNG)",
+    )
     parser.add_argument("--from-json", help="only print the report of an earlier --json file")
     args = parser.parse_args()
     if args.from_json:
@@ -462,6 +631,7 @@ def main() -> int:
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="vcbench-"))
     scratch = Path(tempfile.mkdtemp(prefix="vcbench-qemu-"))
+    mounts = HugetlbMounts(scratch)
     try:
         os.chmod(work, 0o755)
         (work / "job.sh").write_text(JOB_SCRIPT)
@@ -469,8 +639,8 @@ def main() -> int:
         user = pwd.getpwnam(sandbox.user)
         os.chown(work, user.pw_uid, user.pw_gid)
         print(f"# warm-up (slurmctld's first scheduling pass, page cache) on {args.name}", flush=True)
-        submit_and_watch(sandbox, work, max(counts), False, args.timeout)
-        submit_and_watch(sandbox, work, 1, True, args.timeout)
+        submit_and_watch(sandbox, work, max(counts), False, args.timeout, scratch)
+        submit_and_watch(sandbox, work, 1, True, args.timeout, scratch)
         results: dict[int, dict[str, list]] = {n: {"plain": [], "vc": [], "qemu": []} for n in counts}
         specs_of: dict[int, list[GuestSpec]] = {}
         for rep in range(args.reps):
@@ -478,14 +648,18 @@ def main() -> int:
             for n in order:
                 # Plain QEMU before the vc job on odd repetitions (with the guests of the previous vc
                 # run of this size), after it on even ones: load drift hits both alike.
-                early = plain_qemu_boot(specs_of[n], scratch) if rep % 2 and n in specs_of else None
-                plain = submit_and_watch(sandbox, work, n, False, args.timeout)
-                vc = submit_and_watch(sandbox, work, n, True, args.timeout)
-                specs = [guest_spec(r.domain_xml, vc.qemu_args) for r in vc.records.values() if r.domain_xml]
+                early = None
+                if rep % 2 and n in specs_of:
+                    early = plain_qemu_boot(specs_of[n], scratch, mounts, args.baseline)
+                plain = submit_and_watch(sandbox, work, n, False, args.timeout, scratch)
+                vc = submit_and_watch(sandbox, work, n, True, args.timeout, scratch)
+                specs = guest_specs(vc)
                 if len(specs) != n:
-                    raise SystemExit(f"job {vc.job.job_id}: got the domain XML of {len(specs)} of {n} guests")
+                    raise SystemExit(
+                        f"job {vc.job.job_id}: got the XML and argv of {len(specs)} of {n} guests"
+                    )
                 specs_of[n] = specs
-                boot = early if early is not None else plain_qemu_boot(specs, scratch)
+                boot = early if early is not None else plain_qemu_boot(specs, scratch, mounts, args.baseline)
                 results[n]["plain"].append(phase_values(plain))
                 results[n]["vc"].append(phase_values(vc))
                 results[n]["qemu"].append(boot)
@@ -502,6 +676,7 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"reps": args.reps, "results": results}, indent=1) + "\n")
     finally:
+        mounts.close()
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep:
