@@ -9,16 +9,31 @@ every change.
 
 Files::
 
-    <sysfs>/devices/system/node/nodeN/hugepages/hugepages-<KB>kB/{nr,free,surplus}_hugepages
+    <sysfs>/devices/system/node/nodeN/hugepages/hugepages-<KB>kB/{nr,surplus}_hugepages
     <sysfs>/devices/system/node/nodeN/compact       (else <proc>/sys/vm/compact_memory)
-    <state_dir>/hugepages/.lock                     exclusive flock, bounded wait -> StateError
-    <state_dir>/hugepages/<job_id>.json             one ledger per job (tmp + rename, atomic)
-    <sysfs>/devices/system/node                     flock'd second: one lock per kernel
+    <sysfs>/devices/system/node                     exclusive flock, bounded wait -> StateError
+    <ledger_dir>/<job_id>.<state>.json              one ledger per job (tmp + rename, atomic)
+    <ledger_dir>/.lock                              the lock instead, only if the sysfs dir is missing
 
-The ledger lock serialises managers sharing a ledger directory; the flock on the sysfs node
-directory serialises every manager of one kernel's pools, whatever its state directory (several
-simulated nodes on one machine, tests next to production), so their read-modify-writes of
-nr_hugepages never lose an update.  Writers that bypass the manager are not covered.
+``HugepagePool.from_config`` puts the ledgers in ``<runtime_dir>/hugepages`` (``/run/slurm-vc``):
+they describe pools that do not survive a reboot either, and a tmpfs keeps their three writes per
+job off the disk.  A bare ``HugepagePool(state_dir)`` uses ``<state_dir>/hugepages``.
+
+One lock per kernel
+-------------------
+Every operation holds an flock on the sysfs node directory: it serialises every manager of one
+kernel's pools, whatever its ledger directory (several simulated nodes on one machine, tests next
+to production), so their read-modify-writes of nr_hugepages never lose an update, and it serialises
+every manager of one ledger directory, since a ledger directory belongs to one kernel.  Each ledger
+records its manager's sysfs root; a manager that finds a ledger of another sysfs root in its
+directory refuses to go on (StateError) rather than apply another kernel's ledger to its pools.
+Writers that bypass the manager are not covered.
+
+A ledger moves ``growing -> held -> releasing -> (deleted)``, each state in a file of its own: the
+next state's file is renamed into place, then the previous one is unlinked.  No rename ever
+replaces an existing file, which on ext4 (a runtime_dir that is not a tmpfs) would start writeback
+and make the next unlink wait for the disk.  If a crash leaves two files of one job, the more
+advanced state is the truth (it was written later); the next locked operation removes the other.
 
 Counting in persistent pages
 ----------------------------
@@ -56,17 +71,20 @@ see only the dead writer's work (plus outside writers, which no scheme can tell 
   ``release_target``): the shrink is finished by writing ``P_now - min(P_now - target,
   release_from - target)`` where positive, so a crash after the sysfs write never subtracts twice.
 
-A hugepage pool does not survive a reboot, so each ledger records the kernel's boot id; a ledger
-from an earlier boot describes nothing and is dropped without touching the pools.  A ledger that
-cannot be parsed and predates the current boot (a torn write at a power cut) is dropped likewise;
-one from the current boot is a StateError for the admin.
+A ledger must survive a crash of its process, which the rename gives (the page cache outlives the
+process), not of the kernel: a hugepage pool does not survive a reboot, so each ledger records the
+kernel's boot id, and a ledger from an earlier boot describes nothing and is dropped without
+touching the pools.  A ledger that cannot be parsed and predates the current boot (a torn write at
+a power cut, on a disk) is dropped likewise; one from the current boot is a StateError for the
+admin.  Hence no fsync by default.
 
 Not covered: a process writing sysfs directly (bypassing the manager) between our read and our
-write; a crashed reservation settled only after a manager with *another* ledger directory grew the
-same pool (the observation then includes that growth, still capped at ``S + asked``); on hosts
-with several NUMA nodes, the kernel's per-node write counts other nodes' surplus pages too, so
-while another node has surplus pages a grow may add a few more than asked (observed, so given back
-at release) and a shrink may leave a few behind; it never takes pages a job holds.
+write; on hosts with several NUMA nodes, the kernel's per-node write counts other nodes' surplus
+pages too, so while another node has surplus pages a grow may add a few more than asked (observed,
+so given back at release) and a shrink may leave a few behind; it never takes pages a job holds.
+A crashed reservation is settled by the next manager that uses its ledger directory; a manager
+with another directory may grow the same pool first, and the settling observation then includes
+that growth (still capped at ``S + asked``).
 """
 
 from __future__ import annotations
@@ -92,6 +110,10 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_PAGE_SIZES = (2 * MIB, GIB)
 LEDGER_VERSION = 1
+LEDGER_SUBDIR = "hugepages"  # under runtime_dir (from_config) or state_dir (a bare HugepagePool)
+STATES = ("growing", "held", "releasing")  # in the order a ledger moves through them
+_RANK = {state: rank for rank, state in enumerate(STATES)}
+_SUFFIXES = tuple((f".{state}.json", state) for state in STATES)
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
@@ -155,6 +177,7 @@ class Ledger:
     state: str
     boot_id: str
     nodes: dict[int, NodeEntry] = field(default_factory=dict)
+    sysfs: str = ""  # the sysfs root of the pools ("" in ledgers written before it was recorded)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -164,6 +187,7 @@ class Ledger:
                 "page_size": self.page_size,
                 "state": self.state,
                 "boot_id": self.boot_id,
+                "sysfs": self.sysfs,
                 "nodes": {str(node): vars(entry) for node, entry in sorted(self.nodes.items())},
             },
             sort_keys=True,  # no indent: keeps json's C encoder (ledgers are written on the hot path)
@@ -172,10 +196,17 @@ class Ledger:
     @classmethod
     def from_json(cls, text: str) -> Ledger:
         data = json.loads(text)
-        if data.get("version") != LEDGER_VERSION or data.get("state") not in ("growing", "held", "releasing"):
+        if data.get("version") != LEDGER_VERSION or data.get("state") not in STATES:
             raise ValueError("unknown ledger version or state")
         nodes = {int(node): NodeEntry(**entry) for node, entry in data["nodes"].items()}
-        return cls(str(data["job_id"]), int(data["page_size"]), data["state"], str(data["boot_id"]), nodes)
+        return cls(
+            str(data["job_id"]),
+            int(data["page_size"]),
+            data["state"],
+            str(data["boot_id"]),
+            nodes,
+            str(data.get("sysfs", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -203,6 +234,32 @@ def pool_dir(sysfs_root: str, node: int, page_size: int) -> str:
     return os.path.join(
         sysfs_root, "devices/system/node", f"node{node}", "hugepages", f"hugepages-{page_size // KIB}kB"
     )
+
+
+def ledger_dir_of(config: SiteConfig) -> str:
+    """Where the site's hugepage ledgers live: ``<runtime_dir>/hugepages``."""
+    return os.path.join(config.runtime_dir, LEDGER_SUBDIR)
+
+
+def ledger_name(job_id: str, state: str) -> str:
+    """The file name of ``job_id``'s ledger in ``state`` (pure)."""
+    return f"{job_id}.{state}.json"
+
+
+def ledger_paths(ledger_dir: str, job_id: str | int) -> list[str]:
+    """Every path a ledger of ``job_id`` can have, one per state (pure; for leftover checks)."""
+    return [os.path.join(ledger_dir, ledger_name(str(job_id), state)) for state in STATES]
+
+
+def parse_ledger_name(name: str) -> Optional[tuple[str, str]]:
+    """``'42.held.json'`` -> ``('42', 'held')``; None for the lock, temporary and foreign files (pure)."""
+    if name.startswith("."):
+        return None
+    for suffix, state in _SUFFIXES:
+        if name.endswith(suffix):
+            job_id = name[: -len(suffix)]
+            return (job_id, state) if _JOB_ID_RE.match(job_id) else None
+    return None
 
 
 def release_target(persistent_now: int, added: int, held_by_others: int) -> int:
@@ -237,9 +294,8 @@ class HugepagePool:
         ledger_dir: Optional[str] = None,
     ):
         self.state_dir = state_dir
-        # Ledgers normally live in the state dir; a runtime dir (tmpfs) also fits: pools die at boot too.
-        self.ledger_dir = ledger_dir or os.path.join(state_dir, "hugepages")
-        self.sysfs_root = sysfs_root
+        self.ledger_dir = ledger_dir or os.path.join(state_dir, LEDGER_SUBDIR)
+        self.sysfs_root = os.path.normpath(sysfs_root)
         self.proc_root = proc_root
         self.lock_timeout = lock_timeout
         self.compact_retries = compact_retries
@@ -248,11 +304,14 @@ class HugepagePool:
         # a power cut or reboot empties the pools too, and ledgers from an earlier boot are dropped
         # by boot id.  So fsync buys nothing and costs 3-20 ms per reserve+release; off by default.
         self.fsync = fsync
+        self._node_root = os.path.join(self.sysfs_root, "devices/system/node")
         self._boot_id_cache: Optional[str] = None
+        self._paths: dict[tuple[int, int], tuple[str, str, str]] = {}  # (node, size) -> nr, surplus, free
 
     @classmethod
     def from_config(cls, config: SiteConfig, **kwargs) -> HugepagePool:
-        """A pool manager with the site's state directory and timeouts."""
+        """The site's pool manager: ledgers in ``<runtime_dir>/hugepages``, the site's timeouts."""
+        kwargs.setdefault("ledger_dir", ledger_dir_of(config))
         return cls(
             config.state_dir,
             lock_timeout=config.timeouts.lock,
@@ -264,24 +323,16 @@ class HugepagePool:
 
     def counts(self, node: int, page_size: int) -> PoolCounts:
         """Read one node's pool.  Raises HugepageError if the kernel has no such pool."""
-        directory = self._checked_pool_dir(node, page_size)
+        self._checked_pool_dir(node, page_size)
+        nr_path, surplus_path, free_path = self._pool_paths(node, page_size)
         try:
             return PoolCounts(
-                nr=self.io.read_int(os.path.join(directory, "nr_hugepages")),
-                free=self.io.read_int(os.path.join(directory, "free_hugepages")),
-                surplus=self.io.read_int(os.path.join(directory, "surplus_hugepages")),
+                nr=self.io.read_int(nr_path),
+                free=self.io.read_int(free_path),
+                surplus=self.io.read_int(surplus_path),
             )
         except (OSError, ValueError) as exc:
-            raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
-
-    def _persistent(self, node: int, page_size: int) -> int:
-        """nr_hugepages - surplus_hugepages of a pool already known to exist (the hot path)."""
-        directory = pool_dir(self.sysfs_root, node, page_size)
-        try:
-            nr = self.io.read_int(os.path.join(directory, "nr_hugepages"))
-            return nr - self.io.read_int(os.path.join(directory, "surplus_hugepages"))
-        except (OSError, ValueError) as exc:
-            raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
+            raise HugepageError(f"cannot read hugepage pool {os.path.dirname(nr_path)}: {exc}") from None
 
     def reserve(self, job_id: str | int, page_size: int, pages_per_node: dict[int, int]) -> Reservation:
         """Grow each node's pool by ``pages_per_node[node]`` pages of ``page_size`` bytes for ``job_id``.
@@ -311,11 +362,11 @@ class HugepagePool:
                     f"job {job_id} already holds {self._describe(existing)}; release it before reserving"
                     f" {sum(wanted.values())} x {page_size_label(page_size)} again"
                 )
-            ledger = Ledger(job_id, page_size, "growing", self._boot_id())
+            ledger = Ledger(job_id, page_size, "growing", self._boot_id(), sysfs=self.sysfs_root)
             for node, pages in wanted.items():
-                now = self.counts(node, page_size)
+                nr, surplus = self._read_pool(node, page_size, check=True)
                 ledger.nodes[node] = NodeEntry(
-                    before=now.persistent, surplus_before=now.surplus, asked=pages, target=now.nr + pages
+                    before=nr - surplus, surplus_before=surplus, asked=pages, target=nr + pages
                 )
             self._write_ledger(ledger)  # the intent, before any pool changes
             try:
@@ -330,8 +381,7 @@ class HugepagePool:
                         " or release on this host retries it"
                     ) from None
                 raise
-            ledger.state = "held"
-            self._write_ledger(ledger)
+            self._write_ledger(ledger, "held")
             return self._reservation(ledger)
 
     def release(self, job_id: str | int) -> None:
@@ -349,7 +399,8 @@ class HugepagePool:
                     for other in others
                     if other.page_size == ledger.page_size and node in other.nodes
                 )
-                now = self._persistent(node, ledger.page_size)
+                nr, surplus = self._read_pool(node, ledger.page_size)
+                now = nr - surplus
                 entry.release_from = now
                 entry.release_target = release_target(now, entry.added or 0, held_by_others)
                 if entry.release_target > now - (entry.added or 0):
@@ -361,24 +412,49 @@ class HugepagePool:
                         entry.added or 0,
                         now - entry.release_target,
                     )
-            ledger.state = "releasing"
-            self._write_ledger(ledger)
-            self._finish_release(ledger)
+            self._write_ledger(ledger, "releasing")
+            # Under the lock since the reads above: P is still release_from on every node.
+            self._finish_release(ledger, observed=True)
 
     def ledger(self, job_id: str | int) -> Optional[Ledger]:
-        """The job's ledger as last written, or None (no lock taken: ledgers are replaced atomically)."""
-        job_id = _job_id(job_id)
-        return self._read_ledger(job_id)
+        """The job's ledger as last written, or None (no lock taken: see _read_job)."""
+        return self._read_job(_job_id(job_id))
 
     def list_ledgers(self) -> list[Ledger]:
         """Every ledger, sorted by job id (for gc: release the jobs that no longer run)."""
-        return self._all_ledgers()
+        return self._all_ledgers()[0]
 
     # ----------------------------------------------------------------- growing and shrinking
 
+    def _pool_paths(self, node: int, page_size: int) -> tuple[str, str, str]:
+        """nr_hugepages, surplus_hugepages and free_hugepages of one pool (computed once)."""
+        paths = self._paths.get((node, page_size))
+        if paths is None:
+            directory = pool_dir(self.sysfs_root, node, page_size)
+            paths = tuple(f"{directory}/{name}_hugepages" for name in ("nr", "surplus", "free"))
+            self._paths[(node, page_size)] = paths
+        return paths
+
+    def _read_pool(self, node: int, page_size: int, check: bool = False) -> tuple[int, int]:
+        """nr_hugepages and surplus_hugepages: all the decisions need (P = nr - surplus).
+
+        With ``check``, a pool that does not exist is named the way counts() names it.
+        """
+        nr_path, surplus_path, _ = self._pool_paths(node, page_size)
+        try:
+            return self.io.read_int(nr_path), self.io.read_int(surplus_path)
+        except (OSError, ValueError) as exc:
+            if check and isinstance(exc, FileNotFoundError):
+                self._checked_pool_dir(node, page_size)
+            raise HugepageError(f"cannot read hugepage pool {os.path.dirname(nr_path)}: {exc}") from None
+
+    def _persistent(self, node: int, page_size: int) -> int:
+        nr, surplus = self._read_pool(node, page_size)
+        return nr - surplus
+
     def _grow_node(self, node: int, page_size: int, entry: NodeEntry) -> int:
         """Write the target, compact and retry if short; return the persistent pages added."""
-        nr_path = os.path.join(pool_dir(self.sysfs_root, node, page_size), "nr_hugepages")
+        nr_path = self._pool_paths(node, page_size)[0]
         attempt = 0
         while True:
             self._write(nr_path, entry.target)
@@ -403,7 +479,7 @@ class HugepagePool:
             self._compact(node)
 
     def _compact(self, node: int) -> None:
-        per_node = os.path.join(self.sysfs_root, "devices/system/node", f"node{node}", "compact")
+        per_node = os.path.join(self._node_root, f"node{node}", "compact")
         path = per_node if os.path.exists(per_node) else os.path.join(self.proc_root, "sys/vm/compact_memory")
         try:
             self.io.write_int(path, 1)
@@ -416,23 +492,23 @@ class HugepagePool:
             now = self._persistent(node, ledger.page_size)
             remove = growth_to_undo(now, entry)
             if remove:
-                self._write(
-                    os.path.join(pool_dir(self.sysfs_root, node, ledger.page_size), "nr_hugepages"),
-                    now - remove,
-                )
-        self._delete_ledger(ledger.job_id)
+                self._write(self._pool_paths(node, ledger.page_size)[0], now - remove)
+        self._delete_ledger(ledger)
 
-    def _finish_release(self, ledger: Ledger) -> None:
-        """Complete a release (also one interrupted by a crash, see the docstring), delete the ledger."""
+    def _finish_release(self, ledger: Ledger, observed: bool = False) -> None:
+        """Complete a release (also one interrupted by a crash, see the docstring), delete the ledger.
+
+        ``observed``: the caller read every pool's P (``release_from``) under the lock it still
+        holds, so it is not read again.
+        """
         for node, entry in ledger.nodes.items():
             if entry.release_target is None or entry.release_from is None:
                 raise StateError(f"ledger of job {ledger.job_id} is 'releasing' without targets")
-            now = self._persistent(node, ledger.page_size)
+            now = entry.release_from if observed else self._persistent(node, ledger.page_size)
             remove = min(now - entry.release_target, entry.release_from - entry.release_target)
             if remove > 0:
-                path = os.path.join(pool_dir(self.sysfs_root, node, ledger.page_size), "nr_hugepages")
-                self._write(path, now - remove)
-        self._delete_ledger(ledger.job_id)
+                self._write(self._pool_paths(node, ledger.page_size)[0], now - remove)
+        self._delete_ledger(ledger)
 
     def _write(self, path: str, value: int) -> None:
         try:
@@ -443,7 +519,7 @@ class HugepagePool:
     def _checked_pool_dir(self, node: int, page_size: int) -> str:
         directory = pool_dir(self.sysfs_root, node, page_size)
         if not os.path.isdir(directory):
-            node_dir = os.path.join(self.sysfs_root, "devices/system/node", f"node{node}")
+            node_dir = os.path.join(self._node_root, f"node{node}")
             if not os.path.isdir(node_dir):
                 raise HugepageError(f"NUMA node {node} does not exist on this host ({node_dir} is missing)")
             raise HugepageError(
@@ -456,8 +532,23 @@ class HugepagePool:
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Ledger]]:
-        """Hold the ledger lock and then the kernel lock, settle ledgers whose writer died (see the
-        docstring), and yield the remaining ("held") ledgers by job id."""
+        """Hold the kernel's pool lock, settle ledgers whose writer died (see the docstring), and
+        yield the remaining ("held") ledgers by job id."""
+        fd, what = self._open_lock()
+        try:
+            _flock(fd, what, time.monotonic() + self.lock_timeout, self.lock_timeout)
+            yield self._settle()
+        finally:
+            os.close(fd)  # also drops the flock
+
+    def _open_lock(self) -> tuple[int, str]:
+        """The sysfs node directory (one lock per kernel), else ``<ledger_dir>/.lock``."""
+        try:
+            return os.open(self._node_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), (
+                f"hugepage pool lock {self._node_root}"
+            )
+        except OSError:
+            pass  # no NUMA directory (every pool read reports it): the ledgers still need a lock
         lock_path = os.path.join(self.ledger_dir, ".lock")
         try:
             try:
@@ -467,32 +558,24 @@ class HugepagePool:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open hugepage ledger lock {lock_path}: {exc.strerror}") from None
-        kernel_fd = -1
-        try:
-            deadline = time.monotonic() + self.lock_timeout
-            _flock(fd, f"hugepage ledger lock {lock_path}", deadline, self.lock_timeout)
-            # Managers with other ledger dirs (another state_dir on the same machine) change the same
-            # pools: a flock on the sysfs node directory, taken always second, serialises them too.
-            node_root = os.path.join(self.sysfs_root, "devices/system/node")
-            try:
-                kernel_fd = os.open(node_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                kernel_fd = -1  # no NUMA directory: every pool read below reports it
-            if kernel_fd >= 0:
-                _flock(kernel_fd, f"hugepage pool lock {node_root}", deadline, self.lock_timeout)
-            yield self._settle()
-        finally:
-            if kernel_fd >= 0:
-                os.close(kernel_fd)
-            os.close(fd)  # also drops the flock
+        return fd, f"hugepage ledger lock {lock_path}"
 
     def _settle(self) -> dict[str, Ledger]:
         boot_id = self._boot_id()
+        ledgers, stale = self._all_ledgers()
+        for name in stale:  # a crash between a ledger's rename and the unlink of its previous state
+            self._unlink(os.path.join(self.ledger_dir, name))
         held = {}
-        for ledger in self._all_ledgers():
+        for ledger in ledgers:
             if ledger.boot_id and boot_id and ledger.boot_id != boot_id:
                 log.warning("hugepages: dropping ledger of job %s from an earlier boot", ledger.job_id)
-                self._delete_ledger(ledger.job_id)
+                self._delete_ledger(ledger)
+            elif ledger.sysfs and ledger.sysfs != self.sysfs_root:
+                raise StateError(
+                    f"hugepage ledger of job {ledger.job_id} in {self.ledger_dir} is about the pools under"
+                    f" {ledger.sysfs}, not {self.sysfs_root}: a ledger directory belongs to one kernel"
+                    " (give each simulated node its own runtime_dir)"
+                )
             elif ledger.state == "growing":
                 log.warning("hugepages: undoing the interrupted reservation of job %s", ledger.job_id)
                 self._undo_growth(ledger)
@@ -503,20 +586,25 @@ class HugepagePool:
                 held[ledger.job_id] = ledger
         return held
 
-    def _ledger_path(self, job_id: str) -> str:
-        return os.path.join(self.ledger_dir, f"{job_id}.json")
-
-    def _read_ledger(self, job_id: str) -> Optional[Ledger]:
-        path = self._ledger_path(job_id)
+    def _read_file(self, job_id: str, state: str) -> Optional[Ledger]:
+        """The ledger in ``<job_id>.<state>.json``, None if there is no such file."""
+        path = f"{self.ledger_dir}/{job_id}.{state}.json"
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StateError(f"cannot read hugepage ledger {path}: {exc.strerror}") from None
         try:
-            ledger = Ledger.from_json(text)
+            chunks = []
+            while chunk := os.read(fd, 65536):  # a ledger is a few hundred bytes: one read
+                chunks.append(chunk)
+        except OSError as exc:
+            raise StateError(f"cannot read hugepage ledger {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        try:
+            ledger = Ledger.from_json(b"".join(chunks).decode())
         except (ValueError, KeyError, TypeError) as exc:
             if self._predates_boot(path):
                 log.warning("hugepages: removing unreadable ledger %s from an earlier boot", path)
@@ -524,46 +612,85 @@ class HugepagePool:
                 return None
             raise StateError(
                 f"hugepage ledger {path} is corrupt ({exc}); check the pools under"
-                f" {self.sysfs_root}/devices/system/node and remove the file"
+                f" {self._node_root} and remove the file"
             ) from None
-        if ledger.job_id != job_id:
-            raise StateError(f"hugepage ledger {path} names job {ledger.job_id}, not {job_id}")
+        if ledger.job_id != job_id or ledger.state != state:
+            raise StateError(
+                f"hugepage ledger {path} is of job {ledger.job_id} in state {ledger.state}, not {job_id}"
+                f" in state {state}"
+            )
         return ledger
 
-    def _all_ledgers(self) -> list[Ledger]:
+    def _read_job(self, job_id: str) -> Optional[Ledger]:
+        """The most advanced ledger of ``job_id``.  Without the lock too: a writer creates the next
+        state's file before it unlinks the previous one, so probing the states in their order
+        finds the ledger at least as of when the probe began."""
+        found = None
+        for state in STATES:
+            ledger = self._read_file(job_id, state)
+            if ledger is not None:
+                found = ledger
+        return found
+
+    def _all_ledgers(self) -> tuple[list[Ledger], list[str]]:
+        """Every job's most advanced ledger, sorted by job id, and the file names it supersedes."""
         try:
-            names = sorted(os.listdir(self.ledger_dir))
+            names = os.listdir(self.ledger_dir)
         except FileNotFoundError:
-            return []
+            return [], []
         except OSError as exc:
             raise StateError(f"cannot list hugepage ledgers in {self.ledger_dir}: {exc.strerror}") from None
-        ledgers = []
+        latest: dict[str, str] = {}
+        stale = []
         for name in names:
-            if name.startswith(".") or not name.endswith(".json"):
-                continue  # the lock and temporary files
-            ledger = self._read_ledger(name[: -len(".json")])
+            parsed = parse_ledger_name(name)
+            if parsed is None:
+                continue  # the lock, temporary files, anything else
+            job_id, state = parsed
+            if job_id in latest and _RANK[latest[job_id]] > _RANK[state]:
+                stale.append(name)
+                continue
+            if job_id in latest:
+                stale.append(ledger_name(job_id, latest[job_id]))
+            latest[job_id] = state
+        ledgers = []
+        for job_id in sorted(latest):
+            ledger = self._read_file(job_id, latest[job_id])
+            if ledger is None:  # moved on since the listing (a reader without the lock)
+                ledger = self._read_job(job_id)
             if ledger is not None:
                 ledgers.append(ledger)
-        return ledgers
+        return ledgers, stale
 
-    def _write_ledger(self, ledger: Ledger) -> None:
-        path = self._ledger_path(ledger.job_id)
-        tmp = os.path.join(self.ledger_dir, f".{ledger.job_id}.json.{os.getpid()}.tmp")
+    def _write_ledger(self, ledger: Ledger, state: Optional[str] = None) -> None:
+        """Write ``ledger`` (moved to ``state`` if given) as a new file, then drop its previous one."""
+        previous = None
+        if state is not None:
+            previous, ledger.state = ledger.state, state
+        path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}"
+        tmp = f"{self.ledger_dir}/.{ledger.job_id}.json.{os.getpid()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(tmp, flags, 0o644)
+            except FileNotFoundError:
+                os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
+                fd = os.open(tmp, flags, 0o644)
             try:
                 os.write(fd, ledger.to_json().encode())
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            os.rename(tmp, path)  # never over an existing file: see the module docstring
             self._sync_dir()
         except OSError as exc:
             raise StateError(f"cannot write hugepage ledger {path}: {exc.strerror}") from None
+        if previous is not None:
+            self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, previous)}")
 
-    def _delete_ledger(self, job_id: str) -> None:
-        self._unlink(self._ledger_path(job_id))
+    def _delete_ledger(self, ledger: Ledger) -> None:
+        self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}")
 
     def _unlink(self, path: str) -> None:
         try:

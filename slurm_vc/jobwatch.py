@@ -239,14 +239,16 @@ def pool_growth(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str, 
 
 def node_leftovers(sandbox, node: str, job_id: str) -> list[str]:
     """What job ``job_id`` left on ``node``: domains, state/jobenv dirs, hugepage ledger, overlays, taps."""
+    from .hugepages import LEDGER_SUBDIR, ledger_paths
     from .network import TAP_PREFIX
 
     found = []
     state_dir = sandbox.layout.node_state_dir(node)
+    ledger_dir = sandbox.layout.node_runtime_dir(node) / LEDGER_SUBDIR
     for path in (
         state_dir / "jobs" / job_id,
         state_dir / "jobenv" / job_id,
-        state_dir / "hugepages" / f"{job_id}.json",
+        *map(Path, ledger_paths(str(ledger_dir), job_id)),
     ):
         if path.exists():
             found.append(f"{path} exists")

@@ -5,7 +5,7 @@ What it looks at (all by job id):
 - job state directories ``<state_dir>/jobs/<id>/``: torn down with the normal teardown, which
   destroys the domain, removes overlay/seed, releases hugepages and isolation rules;
 - guests named ``vc-<id>-<node>`` with no state directory (a state wiped by hand, a bug);
-- hugepage ledgers ``<state_dir>/hugepages/<id>.json`` and nftables isolation tables
+- hugepage ledgers ``<runtime_dir>/hugepages/<id>.<state>.json`` and nftables isolation tables
   ``slurm_vc_<id>`` with no state directory;
 - the job's published environment ``<state_dir>/jobenv/<id>/`` (key, hostfile).
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import HostError, SlurmError, UsageError
+from ..hugepages import LEDGER_SUBDIR, parse_ledger_name
 from . import net, procs
 from .layout import (
     DEFAULT_BRIDGE_MTU,
@@ -623,7 +624,7 @@ class Sandbox:
         """Run ``slurm-vc gc`` for every node whose state dir holds a job's leftovers (in its namespace)."""
         threads = []
         for node in names:
-            if not _has_job_state(self.layout.node_state_dir(node)):
+            if not _has_job_state(self.layout.node_state_dir(node), self.layout.node_runtime_dir(node)):
                 continue
             env = {**self._daemon_env(), "SLURM_VC_CONFIG": str(self.layout.node_config(node))}
             env["SLURMD_NODENAME"] = node
@@ -654,15 +655,15 @@ class Sandbox:
             thread.join()
 
     def _release_hugepages(self, node: str) -> None:
-        """Release every hugepage ledger left in ``node``'s state dir (slurm_vc.hugepages)."""
-        ledger_dir = self.layout.node_state_dir(node) / "hugepages"
-        if not any(ledger_dir.glob("*.json")):
+        """Release every hugepage ledger left in ``node``'s runtime dir (slurm_vc.hugepages)."""
+        ledger_dir = self.layout.node_runtime_dir(node) / LEDGER_SUBDIR
+        if not _has_ledgers(ledger_dir):
             return
         try:
-            from ..config import load_config
             from ..hugepages import HugepagePool
 
-            pool = HugepagePool.from_config(load_config(str(self.layout.node_config(node))))
+            # Not from the node's config file: an interrupted down may have removed it already.
+            pool = HugepagePool(str(self.layout.node_state_dir(node)), ledger_dir=str(ledger_dir))
             for ledger in pool.list_ledgers():
                 self._say(f"releasing hugepages of job {ledger.job_id} on {node}")
                 pool.release(ledger.job_id)
@@ -735,12 +736,15 @@ class Sandbox:
         #    exactly what each node's ledgers say, now that no guest uses them.  Never a blunt reset
         #    of nr_hugepages: other sandboxes and tests on this machine grow the same pools.
         node_names_seen = set(data.get("nodes", []))
-        if (layout.base / "nodes").is_dir():
-            node_names_seen |= {p.name for p in (layout.base / "nodes").iterdir() if p.is_dir()}
+        for folder in (layout.base / "nodes", layout.run_base):
+            if folder.is_dir():
+                node_names_seen |= {p.name for p in folder.iterdir() if p.is_dir()}
         for node in sorted(node_names_seen):
             self._release_hugepages(node)
 
-        # 8. Files: everything but the logs (kept for a post-mortem unless asked).
+        # 8. Files: the runtime dir (it would go at the next boot), then everything but the logs
+        #    (kept for a post-mortem unless asked).
+        shutil.rmtree(layout.run_base, ignore_errors=True)
         if not keep_logs:
             shutil.rmtree(layout.base, ignore_errors=True)
             # nothing is left to guard; a later up of this name makes the lock file again
@@ -806,13 +810,21 @@ class _FileLock:
         os.close(self.fd)
 
 
-def _has_job_state(state_dir: Path) -> bool:
-    """Does a node's slurm-vc state dir hold anything of a job (state, published env, a ledger)?"""
+def _has_job_state(state_dir: Path, runtime_dir: Path) -> bool:
+    """Does a node's slurm-vc state or runtime dir hold anything of a job (state, published env, a
+    hugepage ledger)?"""
     for sub in ("jobs", "jobenv"):
         folder = state_dir / sub
         if folder.is_dir() and any(folder.iterdir()):
             return True
-    return any((state_dir / "hugepages").glob("*.json"))
+    return _has_ledgers(runtime_dir / LEDGER_SUBDIR)
+
+
+def _has_ledgers(ledger_dir: Path) -> bool:
+    try:
+        return any(parse_ledger_name(name) for name in os.listdir(ledger_dir))
+    except OSError:
+        return False
 
 
 def _whoami() -> str:

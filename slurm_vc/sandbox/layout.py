@@ -20,9 +20,18 @@ Layout of the base directory (``/var/lib/slurm-vc-sandbox/<name>/``)::
     munge/                     the sandbox's own munged (socket, pid, log, seed), owned by munge
     ctld/state/                slurmctld StateSaveLocation
     nodes/<node>/spool/        SlurmdSpoolDir (%n)
-    nodes/<node>/state/        the node's slurm-vc state_dir (per-job state, overlays, ledgers)
+    nodes/<node>/state/        the node's slurm-vc state_dir (per-job state, overlays)
     libvirt/<node>/            the node's private libvirtd (slurm_vc.sandbox.libvirtd)
     log/                       slurmctld.log, slurmd-<node>.log, munged.log, daemon stdout/stderr
+
+Runtime directory (``/run/slurm-vc-sandbox/<name>/``, like a real node's ``/run/slurm-vc``)::
+
+    <node>/                    the node's slurm-vc runtime_dir (hugepage ledgers in hugepages/)
+    login/                     the login side's runtime_dir (unused: only the validator runs there)
+
+Each simulated node needs a runtime_dir of its own even though all of them share one kernel: a
+ledger directory is one node's record of what its jobs hold.  ``down`` releases what the ledgers
+still hold and removes the whole directory; the name alone finds it after an interrupted up/down.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from ..errors import UsageError
 
 DEFAULT_NAME = "vcsbx"
 DEFAULT_ROOT = "/var/lib/slurm-vc-sandbox"
+DEFAULT_RUN_ROOT = "/run/slurm-vc-sandbox"
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAX_NODES = 32
 DEFAULT_BRIDGE_MTU = 9000
@@ -80,6 +90,7 @@ class SandboxLayout:
     root: str
     octet: int
     ctld_port: int
+    run_root: str = DEFAULT_RUN_ROOT
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -161,6 +172,15 @@ class SandboxLayout:
 
     def libvirt_uri(self, node: str) -> str:
         return f"qemu+unix:///system?socket={self.libvirt_socket(node)}"
+
+    @property
+    def run_base(self) -> Path:
+        """The sandbox's runtime directory: every node's runtime_dir is inside (see the docstring)."""
+        return Path(self.run_root) / self.name
+
+    def node_runtime_dir(self, node: str) -> Path:
+        """``node``'s slurm-vc runtime_dir (``login`` for the login side)."""
+        return self.run_base / node
 
     # -- names ---------------------------------------------------------------------------------
     @property
@@ -249,11 +269,15 @@ class SandboxLayout:
         return (self.octet - 199) * 100000
 
 
-def layout_for(name: str = DEFAULT_NAME, root: str = DEFAULT_ROOT) -> SandboxLayout:
-    """The layout of sandbox ``name`` under ``root``."""
+def layout_for(
+    name: str = DEFAULT_NAME, root: str = DEFAULT_ROOT, run_root: str = DEFAULT_RUN_ROOT
+) -> SandboxLayout:
+    """The layout of sandbox ``name`` under ``root`` (runtime state under ``run_root``)."""
     validate_name(name)
     octet = second_octet(name)
-    return SandboxLayout(name=name, root=root, octet=octet, ctld_port=CTLD_PORT_BASE + (octet - 200) * 2)
+    return SandboxLayout(
+        name=name, root=root, octet=octet, ctld_port=CTLD_PORT_BASE + (octet - 200) * 2, run_root=run_root
+    )
 
 
 def node_memory_mb(total_mb: int, nodes: int) -> int:

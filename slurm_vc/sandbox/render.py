@@ -158,12 +158,15 @@ def site_config_mapping(layout: SandboxLayout, node: Optional[str], options: Sit
     """The site config of ``node`` (or of the login side when ``node`` is None) as a TOML-ready dict."""
     if node is None:
         state_dir = str(layout.base / "login" / "state")
+        runtime_dir = str(layout.node_runtime_dir("login"))
         uri = "qemu:///system"  # never used on the login side: only the validator reads this file
     else:
         state_dir = str(layout.node_state_dir(node))
+        runtime_dir = str(layout.node_runtime_dir(node))  # its own ledgers, though the kernel is shared
         uri = layout.libvirt_uri(node)
     return {
         "state_dir": state_dir,
+        "runtime_dir": runtime_dir,
         "host": {
             "libvirt_uri": uri,
             "domain_type": "qemu",  # this machine's /dev/kvm cannot boot stock kernels: TCG

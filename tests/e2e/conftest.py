@@ -83,7 +83,7 @@ class SandboxHandle:
         return self.sandbox.layout
 
     def node_state_dir(self, node: str) -> Path:
-        """The node's slurm-vc state_dir (per-job state, overlays, hugepage ledgers, jobenv)."""
+        """The node's slurm-vc state_dir (per-job state, overlays, jobenv; ledgers are in its runtime_dir)."""
         return self.sandbox.layout.node_state_dir(node)
 
     def libvirt_uri(self, node: str) -> str:

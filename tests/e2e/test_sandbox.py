@@ -74,6 +74,7 @@ def leftovers(name: str) -> dict[str, list]:
             "files": sorted(p.name for p in layout.base.iterdir() if p.name != "log")
             if layout.base.exists()
             else [],
+            "runtime dir": [str(layout.run_base)] if layout.run_base.exists() else [],
         }
         if not any(found.values()) or time.monotonic() > deadline:
             return found

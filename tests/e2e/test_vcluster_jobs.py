@@ -32,6 +32,7 @@ def _config(sandbox, node: str):
 def leftovers(sandbox, job_id: int) -> dict[str, list[str]]:
     """Everything of job ``job_id`` still present on any node: state, key, ledger, domain, tap."""
     from slurm_vc import jobenv, network, state
+    from slurm_vc.hugepages import ledger_dir_of, ledger_paths
 
     found: dict[str, list[str]] = {}
     for node in sandbox.nodes:
@@ -40,7 +41,7 @@ def leftovers(sandbox, job_id: int) -> dict[str, list[str]]:
         for path in (
             state.job_dir(config.state_dir, job_id),
             jobenv.jobenv_dir(config.state_dir, job_id),
-            Path(config.state_dir) / "hugepages" / f"{job_id}.json",
+            *map(Path, ledger_paths(ledger_dir_of(config), job_id)),
         ):
             if path.exists():
                 items.append(str(path))

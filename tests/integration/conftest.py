@@ -175,6 +175,7 @@ def node_config(node_libvirtd, tiny_guest, base_disk, qemu_tmp_path):
     return config_from_mapping(
         {
             "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(tmp_path / "run"),  # not the machine's /run/slurm-vc
             "job_key_secret": str(secret),
             "host": {
                 "libvirt_uri": node_libvirtd.uri,

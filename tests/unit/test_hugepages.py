@@ -18,6 +18,9 @@ from slurm_vc.hugepages import (
     NodeEntry,
     SysfsIO,
     growth_to_undo,
+    ledger_dir_of,
+    ledger_paths,
+    parse_ledger_name,
     pool_dir,
     release_target,
 )
@@ -69,6 +72,7 @@ class FakeKernel(SysfsIO):
         self.compact_gain = dict(compact_gain or {})
         self.compactions: list[str] = []
         self.pool_writes: list[tuple[int, int, int]] = []
+        self.reads: list[str] = []  # "nr", "free" or "surplus", in order
         self.hook = None
 
     def pool(self, node: int, size: int) -> dict[str, int]:
@@ -94,6 +98,9 @@ class FakeKernel(SysfsIO):
         match = self._POOL.search(path)
         if not match:
             return super().read_int(path)
+        if not os.path.isdir(os.path.dirname(path)):  # the kernel has no such pool: no such file
+            raise FileNotFoundError(2, "No such file or directory", path)
+        self.reads.append(match[3])
         pool = self.pools.setdefault(
             (int(match[1]), int(match[2])), {"persistent": 0, "surplus": 0, "used": 0}
         )
@@ -161,8 +168,18 @@ def persistent(kernel: FakeKernel, node: int, size: int = M2) -> int:
     return kernel.pool(node, size)["persistent"]
 
 
-def ledger_file(tmp_path, job: str) -> Path:
-    return tmp_path / "state" / "hugepages" / f"{job}.json"
+def ledger_file(tmp_path, job: str, state: str) -> Path:
+    return tmp_path / "state" / "hugepages" / f"{job}.{state}.json"
+
+
+def ledger_files(tmp_path, job: str) -> dict[str, dict]:
+    """State -> content of every ledger file of ``job``."""
+    found = {}
+    for state in ("growing", "held", "releasing"):
+        path = ledger_file(tmp_path, job, state)
+        if path.exists():
+            found[state] = json.loads(path.read_text())
+    return found
 
 
 # ------------------------------------------------------------------ pure decisions
@@ -206,12 +223,12 @@ def test_ledger_is_written_before_the_pool_changes(tmp_path, tree, kernel):
 
     def hook(event, path, value):
         if event == "before" and path.endswith("nr_hugepages"):
-            data = json.loads(ledger_file(tmp_path, "7").read_text())
-            seen.append((data["state"], data["nodes"]["0"]["target"], data["nodes"]["0"]["asked"]))
+            [(state, data)] = ledger_files(tmp_path, "7").items()
+            seen.append((state, data["state"], data["nodes"]["0"]["target"], data["nodes"]["0"]["asked"]))
 
     kernel.hook = hook
     pool.reserve("7", M2, {0: 5})
-    assert seen == [("growing", 5, 5)]
+    assert seen == [("growing", "growing", 5, 5)]
 
 
 def test_release_subtracts_exactly_what_the_job_added_and_second_release_is_noop(tmp_path, tree, kernel):
@@ -220,7 +237,7 @@ def test_release_subtracts_exactly_what_the_job_added_and_second_release_is_noop
     res = pool.reserve("1001", M2, {0: 64, 1: 32})
     res.release()
     assert (nr(kernel, 0), nr(kernel, 1)) == (10, 0)
-    assert pool.ledger("1001") is None and not ledger_file(tmp_path, "1001").exists()
+    assert pool.ledger("1001") is None and ledger_files(tmp_path, "1001") == {}
     writes = len(kernel.pool_writes)
     pool.release("1001")
     res.release()
@@ -380,7 +397,7 @@ def test_crash_between_ledger_write_and_pool_write(tmp_path, tree, kernel):
     crash_at(kernel, "before")
     with pytest.raises(Crash):
         make_pool(tmp_path, tree, kernel).reserve("1", M2, {0: 64})
-    assert json.loads(ledger_file(tmp_path, "1").read_text())["state"] == "growing"
+    assert ledger_files(tmp_path, "1")["growing"]["state"] == "growing"
     assert nr(kernel, 0) == 10
     restarted = make_pool(tmp_path, tree, kernel)  # the epilog, in a new process
     restarted.release("1")
@@ -419,7 +436,7 @@ def test_crash_after_shrink_before_ledger_delete_does_not_subtract_twice(tmp_pat
     crash_at(kernel, "after")
     with pytest.raises(Crash):
         pool.release("a")
-    assert json.loads(ledger_file(tmp_path, "a").read_text())["state"] == "releasing"
+    assert list(ledger_files(tmp_path, "a")) == ["releasing"]
     assert nr(kernel, 0) == 30
     restarted = make_pool(tmp_path, tree, kernel)
     restarted.release("a")
@@ -455,9 +472,9 @@ def test_ledger_from_an_earlier_boot_is_dropped_without_touching_the_pool(tmp_pa
 def test_corrupt_ledger(tmp_path, tree, kernel):
     pool = make_pool(tmp_path, tree, kernel)
     pool.reserve("ok", M2, {0: 1})
-    torn = ledger_file(tmp_path, "torn")
+    torn = ledger_file(tmp_path, "torn", "held")
     torn.write_text('{"vers')
-    with pytest.raises(StateError, match="torn.json is corrupt"):
+    with pytest.raises(StateError, match="torn.held.json is corrupt"):
         pool.list_ledgers()
     with pytest.raises(StateError, match="corrupt"):
         pool.release("ok")
@@ -493,24 +510,59 @@ def test_missing_page_size_is_named(tmp_path, kernel):
 
 def test_lock_wait_is_bounded(tmp_path, tree, kernel):
     pool = make_pool(tmp_path, tree, kernel, lock_timeout=0.2)
-    pool.list_ledgers()
-    lock_dir = tmp_path / "state" / "hugepages"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".lock", "w") as holder:
-        fcntl.flock(holder, fcntl.LOCK_EX)
+    node_root = os.open(os.path.join(tree[0], "devices/system/node"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(node_root, fcntl.LOCK_EX)
         with pytest.raises(StateError, match=r"held by another process for more than 0.2 s"):
             pool.reserve("1", M2, {0: 1})
         with pytest.raises(StateError):
             pool.release("1")
+    finally:
+        os.close(node_root)
     assert nr(kernel, 0) == 0
 
 
-def test_from_config_uses_the_site_timeouts(tmp_path):
+def test_one_lock_per_operation_and_no_lock_file_when_sysfs_has_the_node_dir(tmp_path, tree, kernel):
+    pool = make_pool(tmp_path, tree, kernel)
+    pool.reserve("1", M2, {0: 2})
+    pool.release("1")
+    assert os.listdir(tmp_path / "state" / "hugepages") == []  # no .lock: the sysfs dir is the lock
+
+
+def test_ledger_dir_lock_when_sysfs_has_no_node_dir(tmp_path, kernel):
+    sysfs, proc = make_tree(tmp_path, nodes=())
+    pool = make_pool(tmp_path, (sysfs, proc), kernel, lock_timeout=0.1)
+    assert pool.list_ledgers() == []
+    pool.release("1")  # nothing to release, but it took the fallback lock
+    lock = tmp_path / "state" / "hugepages" / ".lock"
+    assert lock.exists()
+    with open(lock, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(StateError, match=r"hugepage ledger lock .*/\.lock is held"):
+            pool.release("1")
+    with pytest.raises(HugepageError, match="NUMA node 0 does not exist"):
+        pool.reserve("1", M2, {0: 1})
+
+
+def test_from_config_uses_the_site_timeouts_and_the_runtime_dir(tmp_path):
     config = config_from_mapping(
-        {"state_dir": str(tmp_path), "timeouts": {"lock": 7, "hugepage_compact_retries": 5}}
+        {
+            "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(tmp_path / "run"),
+            "timeouts": {"lock": 7, "hugepage_compact_retries": 5},
+        }
     )
     pool = HugepagePool.from_config(config, sysfs_root="/nonexistent")
-    assert (pool.state_dir, pool.lock_timeout, pool.compact_retries) == (str(tmp_path), 7, 5)
+    assert (pool.state_dir, pool.lock_timeout, pool.compact_retries) == (str(tmp_path / "state"), 7, 5)
+    assert pool.ledger_dir == str(tmp_path / "run" / "hugepages") == ledger_dir_of(config)
+    assert HugepagePool.from_config(config, ledger_dir="/elsewhere").ledger_dir == "/elsewhere"
+
+
+def test_ledgers_live_under_the_runtime_dir_by_default():
+    config = config_from_mapping({})
+    assert config.runtime_dir == "/run/slurm-vc"
+    assert HugepagePool.from_config(config).ledger_dir == "/run/slurm-vc/hugepages"
+    assert HugepagePool("/var/lib/x").ledger_dir == "/var/lib/x/hugepages"  # a bare pool: its state dir
 
 
 def test_fsync_path_writes_the_same_ledgers(tmp_path, tree, kernel):
@@ -518,7 +570,7 @@ def test_fsync_path_writes_the_same_ledgers(tmp_path, tree, kernel):
     pool.reserve("1", M2, {0: 3})
     assert pool.ledger("1").nodes[0].added == 3
     pool.release("1")
-    assert nr(kernel, 0) == 0 and os.listdir(tmp_path / "state" / "hugepages") == [".lock"]
+    assert nr(kernel, 0) == 0 and os.listdir(tmp_path / "state" / "hugepages") == []
 
 
 # ------------------------------------------------------------------ real processes, plain files
@@ -600,3 +652,102 @@ def test_pool_lock_is_shared_by_managers_of_other_state_dirs(tmp_path, tree, ker
         os.close(node_root)
     pool.reserve("1", M2, {0: 1})
     assert nr(kernel, 0) == 1
+
+
+# ------------------------------------------------------------------ one file per ledger state
+
+
+def test_ledger_names_are_pure_and_reversible():
+    assert parse_ledger_name("42.held.json") == ("42", "held")
+    assert parse_ledger_name("a.b.growing.json") == ("a.b", "growing")
+    assert parse_ledger_name("7.releasing.json") == ("7", "releasing")
+    for foreign in (".lock", ".7.json.123.tmp", "7.json", "7.done.json", ".held.json", "notes.txt"):
+        assert parse_ledger_name(foreign) is None
+    assert ledger_paths("/run/x", 7) == [
+        "/run/x/7.growing.json",
+        "/run/x/7.held.json",
+        "/run/x/7.releasing.json",
+    ]
+
+
+def test_each_state_is_a_new_file_and_no_rename_replaces_one(tmp_path, tree, kernel, monkeypatch):
+    pool = make_pool(tmp_path, tree, kernel)
+    renames = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        renames.append((os.path.exists(dst), os.path.basename(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    pool.reserve("3", M2, {0: 4})
+    assert list(ledger_files(tmp_path, "3")) == ["held"]
+    pool.release("3")
+    assert renames == [(False, "3.growing.json"), (False, "3.held.json"), (False, "3.releasing.json")]
+    assert os.listdir(tmp_path / "state" / "hugepages") == []
+
+
+def crash_on_unlink(pool: HugepagePool, suffix: str, monkeypatch) -> None:
+    """The process dies right after renaming the next state into place, before the previous goes."""
+    real_unlink = pool._unlink
+
+    def unlink(path):
+        if path.endswith(suffix):
+            monkeypatch.setattr(pool, "_unlink", real_unlink)
+            raise Crash()
+        real_unlink(path)
+
+    monkeypatch.setattr(pool, "_unlink", unlink)
+
+
+def test_crash_between_held_rename_and_growing_unlink_keeps_the_reservation(
+    tmp_path, tree, kernel, monkeypatch
+):
+    pool = make_pool(tmp_path, tree, kernel)
+    crash_on_unlink(pool, "9.growing.json", monkeypatch)
+    with pytest.raises(Crash):
+        pool.reserve("9", M2, {0: 12})
+    assert sorted(ledger_files(tmp_path, "9")) == ["growing", "held"] and nr(kernel, 0) == 12
+    restarted = make_pool(tmp_path, tree, kernel)
+    assert restarted.ledger("9").state == "held"  # the more advanced file is the truth
+    assert [ledger.state for ledger in restarted.list_ledgers()] == ["held"]
+    assert restarted.reserve("9", M2, {0: 12}).added == {0: 12}  # the re-run prolog: nothing undone
+    assert nr(kernel, 0) == 12 and list(ledger_files(tmp_path, "9")) == ["held"]  # the stale one is gone
+    restarted.release("9")
+    assert nr(kernel, 0) == 0 and ledger_files(tmp_path, "9") == {}
+
+
+def test_crash_between_releasing_rename_and_held_unlink_releases_once(tmp_path, tree, kernel, monkeypatch):
+    pool = make_pool(tmp_path, tree, kernel)
+    pool.reserve("a", M2, {0: 50})
+    pool.reserve("b", M2, {0: 30})
+    crash_on_unlink(pool, "a.held.json", monkeypatch)
+    with pytest.raises(Crash):
+        pool.release("a")
+    assert sorted(ledger_files(tmp_path, "a")) == ["held", "releasing"] and nr(kernel, 0) == 80
+    restarted = make_pool(tmp_path, tree, kernel)
+    restarted.release("b")  # settles a (finishes its release) first, then releases b
+    assert nr(kernel, 0) == 0 and ledger_files(tmp_path, "a") == {}
+    restarted.release("a")
+    assert nr(kernel, 0) == 0
+
+
+def test_a_ledger_dir_belongs_to_one_kernel(tmp_path, kernel):
+    shared = str(tmp_path / "ledgers")
+    one = make_tree(tmp_path / "one")
+    two = make_tree(tmp_path / "two")
+    make_pool(tmp_path, one, kernel, ledger_dir=shared).reserve("1", M2, {0: 1})
+    with pytest.raises(StateError, match=r"about the pools under .*/one/sys, not .*/two/sys"):
+        make_pool(tmp_path, two, kernel, ledger_dir=shared).reserve("2", M2, {0: 1})
+    make_pool(tmp_path, one, kernel, ledger_dir=shared).release("1")
+    assert os.listdir(shared) == []
+
+
+def test_hot_path_reads_only_what_the_decisions_need(tmp_path, tree, kernel):
+    pool = make_pool(tmp_path, tree, kernel)
+    pool.reserve("1", M2, {0: 8})
+    assert kernel.reads == ["nr", "surplus", "nr", "surplus"]  # before the grow, after it
+    kernel.reads.clear()
+    pool.release("1")
+    assert kernel.reads == ["nr", "surplus"]  # the shrink reuses the reading taken under the lock
+    assert nr(kernel, 0) == 0

@@ -186,6 +186,13 @@ def test_node_configs_differ_only_where_they_must(tmp_path: Path) -> None:
     assert one["host"]["libvirt_uri"] != two["host"]["libvirt_uri"]
     assert one["state_dir"] != two["state_dir"]
     assert one["network"] == two["network"]
+    # One kernel, but each node keeps its own hugepage ledgers, out of the real /run/slurm-vc.
+    assert one["runtime_dir"] == str(layout.node_runtime_dir("node1")) == "/run/slurm-vc-sandbox/vcsbx/node1"
+    assert two["runtime_dir"] == "/run/slurm-vc-sandbox/vcsbx/node2"
+    assert (
+        site_config_mapping(layout, None, SiteOptions())["runtime_dir"] == "/run/slurm-vc-sandbox/vcsbx/login"
+    )
+    assert layout_for("vcsbx", run_root="/r").node_runtime_dir("node1") == Path("/r/vcsbx/node1")
 
 
 def test_toml_writer_round_trips() -> None:
