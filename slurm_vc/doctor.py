@@ -223,6 +223,55 @@ def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
     return Check(name, PASS, f"{path}{'' if path.exists() else ' (created at first use)'}")
 
 
+def _file_system(mounts_text: str, path: str) -> tuple[str, str]:
+    """(mount point, type) of the longest mount point of /proc/mounts that holds ``path``."""
+    best, kind = "/", "?"
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1]
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return best, kind
+
+
+def check_runtime_dir(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """runtime_dir is on a tmpfs (hugepage ledgers: three writes per job, state of this boot only),
+    and no ledger is left where versions before runtime_dir kept them (<state_dir>/hugepages)."""
+    from .hugepages import LEDGER_SUBDIR, ledger_dir_of
+
+    path = os.path.abspath(config.runtime_dir)
+    point, kind = _file_system(_read(os.path.join(paths.proc, "mounts")) or "", path)
+    if kind in ("tmpfs", "ramfs"):
+        checks = [Check("runtime_dir", PASS, f"{path} on {kind} ({point})")]
+    else:
+        checks = [
+            Check(
+                "runtime_dir",
+                WARN,
+                f"{path} is on {kind} ({point}), not a tmpfs: every job writes its hugepage ledger three"
+                " times to it",
+                "mount a tmpfs on /run (distributions normally do), or set runtime_dir to a tmpfs directory",
+            )
+        ]
+    legacy = Path(config.state_dir, LEDGER_SUBDIR)
+    old = sorted(p.name for p in legacy.glob("*.json")) if legacy.is_dir() else []
+    if old:
+        checks.append(
+            Check(
+                "old hugepage ledgers",
+                WARN,
+                f"{len(old)} in {legacy} ({', '.join(old[:5])}{', ...' if len(old) > 5 else ''}): jobs"
+                " reserved before the ledgers moved to runtime_dir; their release would miss them",
+                f"while no job starts or ends: move each <job>.json to {ledger_dir_of(config)}/"
+                "<job>.<state>.json, <state> as recorded in the file",
+            )
+        )
+    return checks
+
+
 def _slurm_settings(text: str) -> dict[str, str]:
     settings = {}
     for line in text.splitlines():
@@ -287,6 +336,7 @@ CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_bridge,
     check_images,
     check_state_dir,
+    check_runtime_dir,
     check_slurm,
 ]
 

@@ -11,6 +11,7 @@ from slurm_vc.doctor import (
     check_bridge,
     check_hugepages,
     check_images,
+    check_runtime_dir,
     check_slurm,
     check_virtualisation,
     format_table,
@@ -138,3 +139,22 @@ def test_state_dir_must_be_traversable():
         assert bad.status == FAIL and str(locked) in bad.detail and "chmod o+x" in bad.fix
     finally:
         shutil.rmtree(base)
+
+
+def test_runtime_dir_on_tmpfs_and_old_ledgers(tmp_path):
+    paths = make_host(tmp_path)
+    mounts = Path(paths.proc, "mounts")
+    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\n")
+    state = tmp_path / "state"
+    config = config_from_mapping({"state_dir": str(state), "runtime_dir": "/run/slurm-vc"})
+    assert [(c.status, c.detail) for c in check_runtime_dir(config, paths)] == [
+        (PASS, "/run/slurm-vc on tmpfs (/run)")
+    ]
+    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /run/user/0 tmpfs rw 0 0\n")
+    (state / "hugepages").mkdir(parents=True)
+    (state / "hugepages" / "41.json").write_text("{}")
+    (state / "hugepages" / ".lock").write_text("")
+    disk, old = check_runtime_dir(config, paths)
+    assert disk.status == WARN and "on ext4 (/), not a tmpfs" in disk.detail
+    assert old.status == WARN and "1 in " in old.detail and "41.json" in old.detail
+    assert "/run/slurm-vc/hugepages/<job>.<state>.json" in old.fix
