@@ -34,6 +34,9 @@ next state's file is renamed into place, then the previous one is unlinked.  No 
 replaces an existing file, which on ext4 (a runtime_dir that is not a tmpfs) would start writeback
 and make the next unlink wait for the disk.  If a crash leaves two files of one job, the more
 advanced state is the truth (it was written later); the next locked operation removes the other.
+A grow that got exactly its target on every node (the normal case) moves to ``held`` by a rename of
+its ``growing`` file alone: a ``held`` file whose record still says ``growing`` reads as held with
+``added = target - before`` on every node.
 
 Counting in persistent pages
 ----------------------------
@@ -381,7 +384,10 @@ class HugepagePool:
                         " or release on this host retries it"
                     ) from None
                 raise
-            self._write_ledger(ledger, "held")
+            if all(entry.added == entry.target - entry.before for entry in ledger.nodes.values()):
+                self._rename_ledger(ledger, "held")  # the growing record says it all (see _read_file)
+            else:
+                self._write_ledger(ledger, "held")
             return self._reservation(ledger)
 
     def release(self, job_id: str | int) -> None:
@@ -614,6 +620,10 @@ class HugepagePool:
                 f"hugepage ledger {path} is corrupt ({exc}); check the pools under"
                 f" {self._node_root} and remove the file"
             ) from None
+        if state == "held" and ledger.state == "growing":  # renamed, not rewritten: see reserve
+            ledger.state = "held"
+            for entry in ledger.nodes.values():
+                entry.added = entry.target - entry.before
         if ledger.job_id != job_id or ledger.state != state:
             raise StateError(
                 f"hugepage ledger {path} is of job {ledger.job_id} in state {ledger.state}, not {job_id}"
@@ -688,6 +698,16 @@ class HugepagePool:
             raise StateError(f"cannot write hugepage ledger {path}: {exc.strerror}") from None
         if previous is not None:
             self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, previous)}")
+
+    def _rename_ledger(self, ledger: Ledger, state: str) -> None:
+        """Move ``ledger`` to ``state`` by renaming its file, content unchanged (one syscall)."""
+        path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}"
+        try:
+            os.rename(path, f"{self.ledger_dir}/{ledger_name(ledger.job_id, state)}")
+        except OSError as exc:
+            raise StateError(f"cannot rename hugepage ledger {path}: {exc.strerror}") from None
+        self._sync_dir()
+        ledger.state = state
 
     def _delete_ledger(self, ledger: Ledger) -> None:
         self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}")

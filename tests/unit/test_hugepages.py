@@ -687,6 +687,34 @@ def test_each_state_is_a_new_file_and_no_rename_replaces_one(tmp_path, tree, ker
     assert os.listdir(tmp_path / "state" / "hugepages") == []
 
 
+def outsider_grows_after_the_first_write(kernel: FakeKernel, pages: int) -> None:
+    """Another writer adds ``pages`` right after the manager's grow: the job observes more than its target."""
+
+    def hook(event, path, value):
+        if event == "after" and path.endswith("nr_hugepages"):
+            kernel.hook = None
+            kernel.pool(0, M2)["persistent"] += pages
+
+    kernel.hook = hook
+
+
+def test_an_exact_grow_moves_to_held_by_a_rename_alone(tmp_path, tree, kernel):
+    kernel.set_persistent(0, M2, 3)
+    pool = make_pool(tmp_path, tree, kernel)
+    pool.reserve("3", M2, {0: 4})
+    [(state, data)] = ledger_files(tmp_path, "3").items()
+    assert (state, data["state"], data["nodes"]["0"]["added"]) == ("held", "growing", None)  # renamed only
+    ledger = make_pool(tmp_path, tree, kernel).ledger("3")
+    assert ledger.state == "held" and ledger.nodes[0].added == 4  # target - before
+    outsider_grows_after_the_first_write(kernel, 2)
+    res = pool.reserve("4", M2, {0: 5})
+    assert res.added == {0: 7}  # what it observed: written out in full
+    assert ledger_files(tmp_path, "4")["held"]["nodes"]["0"]["added"] == 7
+    pool.release("4")
+    pool.release("3")
+    assert persistent(kernel, 0) == 3
+
+
 def crash_on_unlink(pool: HugepagePool, suffix: str, monkeypatch) -> None:
     """The process dies right after renaming the next state into place, before the previous goes."""
     real_unlink = pool._unlink
@@ -704,15 +732,16 @@ def test_crash_between_held_rename_and_growing_unlink_keeps_the_reservation(
     tmp_path, tree, kernel, monkeypatch
 ):
     pool = make_pool(tmp_path, tree, kernel)
+    outsider_grows_after_the_first_write(kernel, 1)  # so the held ledger is written out, not renamed
     crash_on_unlink(pool, "9.growing.json", monkeypatch)
     with pytest.raises(Crash):
         pool.reserve("9", M2, {0: 12})
-    assert sorted(ledger_files(tmp_path, "9")) == ["growing", "held"] and nr(kernel, 0) == 12
+    assert sorted(ledger_files(tmp_path, "9")) == ["growing", "held"] and nr(kernel, 0) == 13
     restarted = make_pool(tmp_path, tree, kernel)
     assert restarted.ledger("9").state == "held"  # the more advanced file is the truth
     assert [ledger.state for ledger in restarted.list_ledgers()] == ["held"]
-    assert restarted.reserve("9", M2, {0: 12}).added == {0: 12}  # the re-run prolog: nothing undone
-    assert nr(kernel, 0) == 12 and list(ledger_files(tmp_path, "9")) == ["held"]  # the stale one is gone
+    assert restarted.reserve("9", M2, {0: 12}).added == {0: 13}  # the re-run prolog: nothing undone
+    assert nr(kernel, 0) == 13 and list(ledger_files(tmp_path, "9")) == ["held"]  # the stale one is gone
     restarted.release("9")
     assert nr(kernel, 0) == 0 and ledger_files(tmp_path, "9") == {}
 
