@@ -3,16 +3,25 @@
 
 For 1, 4 and 8 GiB of 2M pages on one NUMA node, each round times
   raw:      write nr_hugepages = base + n, then nr_hugepages = current - n   (an admin's two echos)
-  manager:  HugepagePool.reserve(job, 2M, {node: n}) then release(job) (lock, ledger, read-back)
-in three set-ups: ledgers on disk with fsync, on disk without fsync (the default), and on tmpfs
-(where a ledger arguably belongs: a hugepage pool does not outlive a boot either).  The order
-rotates every round so page cache and compaction effects hit every variant alike; one warm-up round
-per size is discarded.
-Prints medians and the manager/raw ratio (goal: within 10%).  Needs root; the pool is given back
-by delta (other jobs' pages are left alone) even on failure.
+  manager:  HugepagePool.reserve(job, 2M, {node: n}) then release(job) (lock, ledger, read-back),
+            each through a new manager as the prolog and the epilog make one
+with the manager set up four ways:
+  default:     exactly what the prolog uses: HugepagePool.from_config(SiteConfig(runtime_dir=...)),
+               ledgers in <runtime_dir>/hugepages, runtime_dir a fresh directory under /run (the
+               default runtime_dir is /run/slurm-vc; a temporary one keeps clear of a real node's)
+  tmpfs:       the same, ledgers under /dev/shm (a tmpfs even where /run is not one)
+  disk:        ledgers under a state dir on disk (/var/tmp), no fsync (the default before runtime_dir)
+  disk+fsync:  the same with fsync of every ledger and of the directory (with --fsync)
+The order is shuffled every round (seeded) so page cache, compaction and writeback effects hit every
+variant alike (a fixed rotation always ran the same variant right after raw); one warm-up round per
+size is discarded.  --pause S sleeps before each timing: every variant then starts with cold caches,
+which costs the manager's Python far more than raw's two system calls.
+Prints the file system of each ledger directory, medians and the manager/raw ratio (goal: within
+10%).  Needs root; the pool is given back by delta (other jobs' pages are left alone) even on failure.
 
-    sudo .venv/bin/python bench/bench_hugepages.py [--rounds 9] [--node 0] [--sizes 1,4,8]
-        [--state-parent /var/tmp] [--tmpfs-parent /dev/shm]
+    sudo .venv/bin/python bench/bench_hugepages.py [--rounds 15] [--node 0] [--sizes 1,4,8]
+        [--run-parent /run] [--state-parent /var/tmp] [--tmpfs-parent /dev/shm] [--fsync]
+        [--pause 0] [--seed 1]
 """
 
 from __future__ import annotations
@@ -21,31 +30,53 @@ import argparse
 import fcntl
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from typing import Callable
 
+from slurm_vc.config import SiteConfig
 from slurm_vc.hugepages import HugepagePool, pool_dir
 from slurm_vc.units import GIB, MIB
 
 M2 = 2 * MIB
 
 
+def file_system(path: str) -> str:
+    """The type of the file system holding ``path`` (longest mount point of /proc/mounts)."""
+    best, kind = "", "?"
+    with open("/proc/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, kind = point, fields[2]
+    return kind
+
+
 class Bench:
-    def __init__(self, node: int, state_parent: str, tmpfs_parent: str):
+    def __init__(self, node: int, run_parent: str, state_parent: str, tmpfs_parent: str, fsync: bool):
         self.node = node
         self.nr_path = os.path.join(pool_dir("/sys", node, M2), "nr_hugepages")
-        self.state_dirs = [
+        self.dirs = [
             tempfile.mkdtemp(prefix="slurm-vc-bench-hp-", dir=parent)
-            for parent in (state_parent, tmpfs_parent)
+            for parent in (run_parent, tmpfs_parent, state_parent)
         ]
-        self.pools = {
-            "disk+fsync": HugepagePool(self.state_dirs[0], fsync=True),
-            "disk": HugepagePool(self.state_dirs[0], fsync=False),
-            "tmpfs": HugepagePool(self.state_dirs[1], fsync=True),
+        run_dir, tmpfs_dir, state_dir = self.dirs
+        run_config, tmpfs_config = SiteConfig(runtime_dir=run_dir), SiteConfig(runtime_dir=tmpfs_dir)
+        # The prolog and the epilog each make their own manager (from the site config they loaded):
+        # so does every timed reserve and release here.
+        self.factories: dict[str, Callable[[], HugepagePool]] = {
+            "default": lambda: HugepagePool.from_config(run_config),
+            "tmpfs": lambda: HugepagePool.from_config(tmpfs_config),
+            "disk": lambda: HugepagePool(state_dir, fsync=False),
         }
+        if fsync:
+            self.factories["disk+fsync"] = lambda: HugepagePool(state_dir, fsync=True)
+        self.pools = {name: factory() for name, factory in self.factories.items()}
         self.raw_outstanding = 0  # pages a raw round added and has not taken back yet
         self.disturbed = 0  # rounds where the pool did not move by exactly the pages asked
         self.job = 0
@@ -84,12 +115,12 @@ class Bench:
         return (middle - start) + (end - resume)
 
     def manager(self, variant: str, pages: int) -> float:
-        pool = self.pools[variant]
+        factory = self.factories[variant]
         self.job += 1
         job = f"bench-{os.getpid()}-{self.job}"
         start = time.perf_counter()
-        reservation = pool.reserve(job, M2, {self.node: pages})
-        reservation.release()
+        reservation = factory().reserve(job, M2, {self.node: pages})  # the prolog
+        factory().release(job)  # the epilog
         took = time.perf_counter() - start
         if reservation.added[self.node] != pages:
             self.disturbed += 1
@@ -103,33 +134,40 @@ class Bench:
             if self.raw_outstanding:
                 self.write(max(0, self.persistent() - self.raw_outstanding))
         finally:
-            for state_dir in self.state_dirs:
-                shutil.rmtree(state_dir, ignore_errors=True)
+            for directory in self.dirs:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--node", type=int, default=0)
     parser.add_argument("--sizes", default="1,4,8", help="GiB of 2M pages, comma-separated")
+    parser.add_argument("--run-parent", default="/run", help="where the default variant's runtime_dir goes")
     parser.add_argument("--state-parent", default="/var/tmp", help="a directory on disk for ledgers")
     parser.add_argument("--tmpfs-parent", default="/dev/shm", help="a directory on tmpfs for ledgers")
+    parser.add_argument("--fsync", action="store_true", help="also time ledgers on disk with fsync")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds of idle before each timing")
+    parser.add_argument("--seed", type=int, default=1, help="of the per-round shuffle of the variants")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_hugepages: needs root (writes the kernel's hugepage pools)", file=sys.stderr)
         return 2
-    bench = Bench(args.node, args.state_parent, args.tmpfs_parent)
+    bench = Bench(args.node, args.run_parent, args.state_parent, args.tmpfs_parent, args.fsync)
     start_pool = bench.persistent()
+    load_before = f"{os.getloadavg()[0]:.2f}"
     variants = ["raw", *bench.pools]
+    shuffle = random.Random(args.seed)
     results = []
     try:
         for gib in [int(size) for size in args.sizes.split(",")]:
             pages = gib * GIB // M2
             times: dict[str, list[float]] = {variant: [] for variant in variants}
             for round_index in range(args.rounds + 1):
-                shift = round_index % len(variants)
-                order = variants[shift:] + variants[:shift]
+                order = list(variants)
+                shuffle.shuffle(order)  # a fixed rotation would always put the same variant after raw
                 for variant in order:
+                    time.sleep(args.pause)  # > 0: every timing starts with cold caches (after a sleep)
                     took = bench.raw(pages) if variant == "raw" else bench.manager(variant, pages)
                     if round_index:  # round 0 warms up
                         times[variant].append(took)
@@ -142,6 +180,9 @@ def main() -> int:
     print(f"# {platform.node()} {platform.release()}, node {args.node}, {args.rounds} rounds (+1 warm-up)")
     print(f"# pool before {start_pool} pages, after {end_pool} pages (other jobs may have changed it)")
     print(f"# disturbed rounds (pool moved by other than the pages asked): {bench.disturbed}")
+    print(f"# load average before/after: {load_before} / {os.getloadavg()[0]:.2f}")
+    for name, pool in bench.pools.items():
+        print(f"# {name}: ledgers in {pool.ledger_dir} ({file_system(pool.ledger_dir)}), fsync={pool.fsync}")
     managers = list(bench.pools)
     print(
         "| size | pages | raw sysfs (ms) | "

@@ -436,8 +436,12 @@ class HugepagePool:
         """nr_hugepages, surplus_hugepages and free_hugepages of one pool (computed once)."""
         paths = self._paths.get((node, page_size))
         if paths is None:
-            directory = pool_dir(self.sysfs_root, node, page_size)
-            paths = tuple(f"{directory}/{name}_hugepages" for name in ("nr", "surplus", "free"))
+            directory = f"{self._node_root}/node{node}/hugepages/hugepages-{page_size // KIB}kB"  # pool_dir
+            paths = (
+                f"{directory}/nr_hugepages",
+                f"{directory}/surplus_hugepages",
+                f"{directory}/free_hugepages",
+            )
             self._paths[(node, page_size)] = paths
         return paths
 
@@ -732,9 +736,11 @@ class HugepagePool:
     def _boot_id(self) -> str:
         if self._boot_id_cache is None:  # a process never outlives a boot
             try:
-                path = os.path.join(self.proc_root, "sys/kernel/random/boot_id")
-                with open(path, encoding="ascii") as handle:
-                    self._boot_id_cache = handle.read().strip()
+                fd = os.open(f"{self.proc_root}/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._boot_id_cache = os.read(fd, 64).decode("ascii", "replace").strip()
+                finally:
+                    os.close(fd)
             except OSError:
                 self._boot_id_cache = ""  # unknown: ledgers are then never treated as stale
         return self._boot_id_cache
