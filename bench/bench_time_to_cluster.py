@@ -375,26 +375,38 @@ def minimal_argv(spec: GuestSpec, directory: Path) -> list[str]:
     ]
 
 
-# libvirt puts every guest in a cgroup under "machine", so all guests on the machine share that
-# group's CPU weight against the other processes.  A plain QEMU left in the root group would get a
-# whole root-level share on a loaded machine and look several times faster than it is: give it a
-# cgroup next to the libvirt guests instead (and remove it afterwards).
-CPU_MACHINE_CGROUPS = (Path("/sys/fs/cgroup/cpu/machine"), Path("/sys/fs/cgroup/machine"))
+# libvirt puts every guest in cgroups under "machine": a cpu group, so all guests on the machine
+# share that group's CPU weight against the other processes, and a cpuset group holding every QEMU
+# thread on the guest's pinned CPUs.  The baseline gets the same: a plain QEMU left in the root cpu
+# group would get a whole root-level share on a loaded machine and look several times faster than it
+# is; and with taskset alone QEMU widens the affinity of its memory-preallocation threads to the whole
+# NUMA node (its thread-context object does), so with several guests pinned to one CPU the baseline
+# preallocated on an idle CPU while libvirt's guests did it on their own, busy one.
+CGROUP_PARENTS = (
+    Path("/sys/fs/cgroup/cpu/machine"),  # cgroup v1 (this project's test machines)
+    Path("/sys/fs/cgroup/cpuset/machine"),
+    Path("/sys/fs/cgroup/machine"),  # cgroup v2
+)
+# Joins the cgroups named in $VCBENCH_CGROUPS, then execs the command: QEMU starts inside them.
+JOIN_CGROUPS = 'for group in $VCBENCH_CGROUPS; do echo $$ > "$group/cgroup.procs"; done; exec "$@"'
 
 
-def machine_cgroup(name: str) -> Optional[Path]:
-    """Create a cgroup for a plain QEMU beside libvirt's guests; None where there is no such tree."""
-    for parent in CPU_MACHINE_CGROUPS:
-        if (parent / "cgroup.procs").exists():
-            path = parent / name
-            path.mkdir(exist_ok=True)
-            return path
-    return None
+def machine_cgroups(name: str, cpus: str, mems: str) -> list[Path]:
+    """cgroups for a plain QEMU beside libvirt's guests, confined to ``cpus`` and ``mems``."""
+    groups = []
+    for parent in CGROUP_PARENTS:
+        if not (parent / "cgroup.procs").exists():
+            continue
+        path = parent / name
+        path.mkdir(exist_ok=True)
+        if (path / "cpuset.cpus").exists():  # must be set before a task may join
+            (path / "cpuset.cpus").write_text(cpus)
+            (path / "cpuset.mems").write_text(mems)
+        groups.append(path)
+    return groups
 
 
-def remove_cgroup(path: Optional[Path]) -> None:
-    if path is None:
-        return
+def remove_cgroup(path: Path) -> None:
     for _ in range(50):  # the cgroup empties when QEMU's last thread is gone
         try:
             path.rmdir()
@@ -434,11 +446,12 @@ def plain_qemu_boot(
 ) -> float:
     """Start one QEMU per spec at once; seconds until the last one printed its ready line.
 
+    Each QEMU starts inside cgroups confining it to the guest's pinned CPUs (see CGROUP_PARENTS).
     For the ``same`` baseline the hugepages the guests' RAM needs are added to the pools first (not
     timed, like the prolog's few-millisecond ``hugepages`` step) and given back afterwards.
     """
     procs = []
-    groups = [machine_cgroup(f"vcbench-plain-{os.getpid()}-{index}") for index in range(len(specs))]
+    groups: list[Path] = []
     pool = HugepagePool(str(scratch / "hugepage-ledgers"))
     job = f"vcbench-plain-{os.getpid()}"
     try:
@@ -454,15 +467,18 @@ def plain_qemu_boot(
                 argv = standalone_argv(list(spec.argv), directory, mem_path, spec.files)
                 if spec.page_size:
                     pool.reserve(f"{job}-{index}", spec.page_size, spec.pages)
-            argvs.append((directory, ["taskset", "-c", spec.cpus, *argv]))
+            mems = ",".join(str(node) for node in sorted(spec.pages)) or "0"
+            mine = machine_cgroups(f"vcbench-plain-{os.getpid()}-{index}", spec.cpus, mems)
+            groups += mine
+            environment = {**os.environ, "VCBENCH_CGROUPS": " ".join(str(group) for group in mine)}
+            launcher = ["sh", "-c", JOIN_CGROUPS, "sh", "taskset", "-c", spec.cpus]
+            argvs.append((directory, [*launcher, *argv], environment))
         started = time.monotonic()
-        for index, (directory, argv) in enumerate(argvs):
+        for directory, argv, environment in argvs:
             log = open(directory / "qemu.log", "wb")
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment)
             log.close()
             procs.append((directory, proc))
-            if groups[index] is not None:
-                (groups[index] / "cgroup.procs").write_text(str(proc.pid))  # taskset execs QEMU: same PID
         ready: dict[int, float] = {}
         deadline = started + timeout
         while len(ready) < len(procs):
