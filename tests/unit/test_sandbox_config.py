@@ -12,7 +12,13 @@ import pytest
 
 from slurm_vc.config import config_from_mapping
 from slurm_vc.errors import UsageError
-from slurm_vc.sandbox.cluster import catalog_images, find_hook_executables, hook_role, spank_args
+from slurm_vc.sandbox.cluster import (
+    _has_job_state,
+    catalog_images,
+    find_hook_executables,
+    hook_role,
+    spank_args,
+)
 from slurm_vc.sandbox.layout import MAX_NODES, layout_for, node_memory_mb, node_names, validate_name
 from slurm_vc.sandbox.render import (
     READY_TIMEOUT,
@@ -316,3 +322,15 @@ def test_state_is_written_at_once_and_survives_garbage(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert SandboxState.load(path).data == {}
     assert SandboxState.load(tmp_path / "missing.json").data == {}
+
+
+def test_job_leftovers_include_ledgers_in_the_node_runtime_dir(tmp_path: Path) -> None:
+    layout = layout_for("vcsbx", root=str(tmp_path / "lib"), run_root=str(tmp_path / "run"))
+    state, runtime = layout.node_state_dir("node1"), layout.node_runtime_dir("node1")
+    assert not _has_job_state(state, runtime)  # nothing made yet
+    (runtime / "hugepages").mkdir(parents=True)
+    (runtime / "hugepages" / ".lock").write_text("")
+    (runtime / "hugepages" / ".7.json.123.tmp").write_text("")
+    assert not _has_job_state(state, runtime)  # the lock and a temporary file are no job's
+    (runtime / "hugepages" / "7.held.json").write_text("{}")
+    assert _has_job_state(state, runtime)
