@@ -17,11 +17,13 @@ Files::
 
 ``HugepagePool.from_config`` puts the ledgers in ``<runtime_dir>/hugepages`` (``/run/slurm-vc``):
 they describe pools that do not survive a reboot either, and a tmpfs keeps their three writes per
-job off the disk.  A bare ``HugepagePool(state_dir)`` uses ``<state_dir>/hugepages``.
+job off the disk (``slurm-vc doctor`` warns when it is not a tmpfs).  A bare
+``HugepagePool(state_dir)`` uses ``<state_dir>/hugepages``.
 
 One lock per kernel
 -------------------
-Every operation holds an flock on the sysfs node directory: it serialises every manager of one
+``reserve`` and ``release`` hold an flock on the sysfs node directory (reading ledgers takes no
+lock: every file is complete when it appears).  The flock serialises every manager of one
 kernel's pools, whatever its ledger directory (several simulated nodes on one machine, tests next
 to production), so their read-modify-writes of nr_hugepages never lose an update, and it serialises
 every manager of one ledger directory, since a ledger directory belongs to one kernel.  Each ledger
