@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from slurm_vc.errors import HugepageError
+from slurm_vc.errors import HugepageError, StateError
 from slurm_vc.hugepages import HugepagePool, pool_dir
 from slurm_vc.units import GIB, MIB
 
@@ -120,3 +120,42 @@ def test_reserve_1g_pages_or_roll_back_on_the_real_kernel(real_pool):
     reservation.release()
     assert persistent(node, G1) == before_1g
     assert pool.ledger("it-hp-1g") is None
+
+
+def test_the_sysfs_node_directory_is_the_one_lock_for_every_ledger_dir(real_pool, tmp_path):
+    """Managers with different ledger directories (two simulated nodes) change the same kernel pools:
+    the flock on the real sysfs node directory, held by another process, must stop this one."""
+    import subprocess
+    import sys
+
+    pool, nodes, _ = real_pool
+    other_node = HugepagePool(str(tmp_path / "other-node"), SYSFS, lock_timeout=0.3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open('{SYSFS}/devices/system/node', os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StateError, match="hugepage pool lock /sys/devices/system/node is held"):
+            other_node.reserve("it-hp-lock", M2, {nodes[0]: 1})
+        assert other_node.ledger("it-hp-lock") is None
+    finally:
+        holder.stdin.close()  # the holder exits and its flock goes with it
+        holder.wait(timeout=10)
+    reservation = other_node.reserve("it-hp-lock", M2, {nodes[0]: 1})
+    try:
+        assert other_node.ledger_dir != pool.ledger_dir and reservation.added[nodes[0]] >= 1
+        assert not os.path.exists(os.path.join(other_node.ledger_dir, ".lock"))  # no second lock taken
+    finally:
+        reservation.release()  # the fixture cleans up only its own pool's ledgers
+    assert other_node.ledger("it-hp-lock") is None
