@@ -15,13 +15,14 @@ with the manager set up four ways:
 The order is shuffled every round (seeded) so page cache, compaction and writeback effects hit every
 variant alike (a fixed rotation always ran the same variant right after raw); one warm-up round per
 size is discarded.  --pause S sleeps before each timing: every variant then starts with cold caches,
-which costs the manager's Python far more than raw's two system calls.
+which costs the manager's Python far more than raw's two system calls.  --baseline COMMIT adds
+that commit's manager (ledgers on disk and on tmpfs), loaded from git next to today's.
 Prints the file system of each ledger directory, medians and the manager/raw ratio (goal: within
 10%).  Needs root; the pool is given back by delta (other jobs' pages are left alone) even on failure.
 
     sudo .venv/bin/python bench/bench_hugepages.py [--rounds 15] [--node 0] [--sizes 1,4,8]
         [--run-parent /run] [--state-parent /var/tmp] [--tmpfs-parent /dev/shm] [--fsync]
-        [--pause 0] [--seed 1]
+        [--pause 0] [--seed 1] [--baseline COMMIT]
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from types import ModuleType
+from typing import Callable, Optional
 
 from slurm_vc.config import SiteConfig
 from slurm_vc.hugepages import HugepagePool, pool_dir
@@ -57,8 +60,33 @@ def file_system(path: str) -> str:
     return kind
 
 
+def hugepages_at(commit: str) -> ModuleType:
+    """slurm_vc/hugepages.py as of ``commit`` (git show), loaded next to the current one."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(
+        ["git", "-C", repo, "show", f"{commit}:slurm_vc/hugepages.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    name = f"slurm_vc._hugepages_{commit[:12]}"
+    module = ModuleType(name)
+    module.__package__ = "slurm_vc"  # its relative imports (errors, units) resolve to today's modules
+    sys.modules[name] = module  # dataclasses look their module up by name
+    exec(compile(source, f"{commit}:slurm_vc/hugepages.py", "exec"), module.__dict__)
+    return module
+
+
 class Bench:
-    def __init__(self, node: int, run_parent: str, state_parent: str, tmpfs_parent: str, fsync: bool):
+    def __init__(
+        self,
+        node: int,
+        run_parent: str,
+        state_parent: str,
+        tmpfs_parent: str,
+        fsync: bool,
+        baseline: Optional[str] = None,
+    ):
         self.node = node
         self.nr_path = os.path.join(pool_dir("/sys", node, M2), "nr_hugepages")
         self.dirs = [
@@ -76,6 +104,10 @@ class Bench:
         }
         if fsync:
             self.factories["disk+fsync"] = lambda: HugepagePool(state_dir, fsync=True)
+        if baseline:  # the manager of another commit, ledgers in directories of its own
+            old = hugepages_at(baseline).HugepagePool
+            self.factories[f"{baseline[:7]} disk"] = lambda: old(os.path.join(state_dir, "old"))
+            self.factories[f"{baseline[:7]} tmpfs"] = lambda: old(os.path.join(tmpfs_dir, "old"))
         self.pools = {name: factory() for name, factory in self.factories.items()}
         self.raw_outstanding = 0  # pages a raw round added and has not taken back yet
         self.disturbed = 0  # rounds where the pool did not move by exactly the pages asked
@@ -149,11 +181,12 @@ def main() -> int:
     parser.add_argument("--fsync", action="store_true", help="also time ledgers on disk with fsync")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds of idle before each timing")
     parser.add_argument("--seed", type=int, default=1, help="of the per-round shuffle of the variants")
+    parser.add_argument("--baseline", help="also time the manager of this git commit (disk and tmpfs)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_hugepages: needs root (writes the kernel's hugepage pools)", file=sys.stderr)
         return 2
-    bench = Bench(args.node, args.run_parent, args.state_parent, args.tmpfs_parent, args.fsync)
+    bench = Bench(args.node, args.run_parent, args.state_parent, args.tmpfs_parent, args.fsync, args.baseline)
     start_pool = bench.persistent()
     load_before = f"{os.getloadavg()[0]:.2f}"
     variants = ["raw", *bench.pools]
