@@ -441,9 +441,7 @@ class HugetlbMounts:
         self.mounted.clear()
 
 
-def plain_qemu_boot(
-    specs: list[GuestSpec], scratch: Path, mounts: HugetlbMounts, baseline: str, timeout: float = 300
-) -> float:
+def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, baseline: str, timeout: float = 300) -> float:
     """Start one QEMU per spec at once; seconds until the last one printed its ready line.
 
     Each QEMU starts inside cgroups confining it to the guest's pinned CPUs (see CGROUP_PARENTS).
@@ -454,6 +452,9 @@ def plain_qemu_boot(
     groups: list[Path] = []
     pool = HugepagePool(str(scratch / "hugepage-ledgers"))
     job = f"vcbench-plain-{os.getpid()}"
+    # Mounted only while these QEMUs run: a libvirtd starting meanwhile (a test's private one) would
+    # take any hugetlbfs mount it sees for its own guests.
+    mounts = HugetlbMounts(scratch)
     try:
         argvs = []
         if baseline == "same":
@@ -503,6 +504,7 @@ def plain_qemu_boot(
             remove_cgroup(group)
         for ledger in pool.list_ledgers():
             pool.release(ledger.job_id)
+        mounts.close()
 
 
 # ------------------------------------------------------------------------------------------ phases
@@ -668,7 +670,6 @@ def main() -> int:
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="vcbench-"))
     scratch = Path(tempfile.mkdtemp(prefix="vcbench-qemu-"))
-    mounts = HugetlbMounts(scratch)
     try:
         os.chmod(work, 0o755)
         (work / "job.sh").write_text(JOB_SCRIPT)
@@ -687,7 +688,7 @@ def main() -> int:
                 # run of this size), after it on even ones: load drift hits both alike.
                 early = None
                 if rep % 2 and n in specs_of:
-                    early = plain_qemu_boot(specs_of[n], scratch, mounts, args.baseline)
+                    early = plain_qemu_boot(specs_of[n], scratch, args.baseline)
                 plain = submit_and_watch(sandbox, work, n, False, args.timeout, scratch)
                 vc = submit_and_watch(sandbox, work, n, True, args.timeout, scratch)
                 specs = guest_specs(vc)
@@ -696,7 +697,7 @@ def main() -> int:
                         f"job {vc.job.job_id}: got the XML and argv of {len(specs)} of {n} guests"
                     )
                 specs_of[n] = specs
-                boot = early if early is not None else plain_qemu_boot(specs, scratch, mounts, args.baseline)
+                boot = early if early is not None else plain_qemu_boot(specs, scratch, args.baseline)
                 results[n]["plain"].append(phase_values(plain))
                 results[n]["vc"].append(phase_values(vc))
                 results[n]["qemu"].append(boot)
@@ -713,7 +714,6 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"reps": args.reps, "results": results}, indent=1) + "\n")
     finally:
-        mounts.close()
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep:

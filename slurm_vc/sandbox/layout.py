@@ -52,7 +52,18 @@ MAX_NODES = 32
 DEFAULT_BRIDGE_MTU = 9000
 SLURMD_PORT = 6818  # every slurmd has its own network namespace, so one port serves all
 CTLD_PORT_BASE = 16800  # slurmctld listens in the host namespace: a port per sandbox name
-NODE_CPUS = 2  # this machine's CPUs; every node claims all of them (they oversubscribe)
+NODE_CPUS = 2  # CPUs each simulated node declares: the host's CPUs 0-1 (every test machine has them)
+
+
+def node_cpu(index: int) -> int:
+    """The host CPU that simulated node ``index`` (1-based) gives its jobs, round-robin.
+
+    Every node declares the same real CPUs, and Slurm allocates the lowest free CPU first, so without
+    this every node's guest would be pinned to CPU 0 and n guests would boot on one core while the
+    others idle.  Each node keeps the other CPUs out of Slurm's reach (``CpuSpecList``), so the
+    guests of a multi-node job spread over the host like on a real cluster.
+    """
+    return (index - 1) % NODE_CPUS
 
 
 def validate_name(name: str) -> str:

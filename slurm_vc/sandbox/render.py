@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .layout import NODE_CPUS, SLURMD_PORT, SandboxLayout
+from .layout import NODE_CPUS, SLURMD_PORT, SandboxLayout, node_cpu
 
 PROLOG_TIMEOUT = 180  # seconds; slurm.conf PrologEpilogTimeout
 READY_TIMEOUT = 150.0  # seconds; the site config's timeouts.ready, below PROLOG_TIMEOUT
@@ -89,13 +89,15 @@ def render_slurm_conf(layout: SandboxLayout, nodes: Sequence[str], memory_mb: in
         lines.append(f"TaskProlog={hooks.task_prolog}")
     if hooks.plugstack:
         lines.append(f"PlugStackConfig={hooks.plugstack}")
-    # Every node claims the machine's real CPUs 0..NODE_CPUS-1 (they oversubscribe), so the CPU ids
-    # Slurm allocates are real host CPU ids a guest can be pinned to.
+    # Every node declares the machine's real CPUs 0..NODE_CPUS-1, so the CPU ids Slurm allocates are
+    # real host CPU ids a guest can be pinned to; each node lets Slurm allocate only its own one of
+    # them (node_cpu: the others are "specialized"), so the nodes' guests spread over the host.
     for index, node in enumerate(nodes, start=1):
+        others = ",".join(str(cpu) for cpu in range(NODE_CPUS) if cpu != node_cpu(index))
         lines.append(
             f"NodeName={node} NodeHostname={node} NodeAddr={layout.node_address(index)}"
             f" CPUs={NODE_CPUS} Boards=1 Sockets=1 CoresPerSocket={NODE_CPUS} ThreadsPerCore=1"
-            f" RealMemory={memory_mb} State=UNKNOWN"
+            f" CpuSpecList={others} RealMemory={memory_mb} State=UNKNOWN"
         )
     lines.append(f"PartitionName=vc Nodes={','.join(nodes)} Default=YES MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"

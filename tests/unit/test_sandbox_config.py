@@ -147,6 +147,8 @@ def test_slurm_conf_has_the_lines_the_project_relies_on() -> None:
         fields = dict(part.split("=", 1) for part in node.split()[1:])
         assert fields["NodeAddr"] == layout.node_address(index)
         assert fields["CPUs"] == "2" and fields["Sockets"] == "1" and fields["CoresPerSocket"] == "2"
+        # Slurm may allocate only the node's own host CPU (round-robin), so guests spread.
+        assert fields["CpuSpecList"] == {1: "1", 2: "0", 3: "1"}[index]
         assert fields["RealMemory"] == "4096"
     assert conf["PartitionName"][0].startswith("vc Nodes=node1,node2,node3 Default=YES")
 
