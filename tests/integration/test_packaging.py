@@ -99,8 +99,12 @@ def test_rpm_spec_builds_srpm_and_passes_rpmlint(tmp_path):
     srpms = list((topdir / "SRPMS").glob("slurm-vc-*.src.rpm"))
     assert len(srpms) == 1
     rcfile = REPO / "packaging" / "rpm" / "slurm-vc.rpmlintrc"
+    # --ignore-unused-rpmlintrc: the rc file filters spelling errors that only a dictionary-equipped
+    # rpmlint reports (Debian 13's); Debian 12's finds no dictionary and would call them unused.
     lint = subprocess.run(
-        ["rpmlint", "-r", str(rcfile), str(spec), str(srpms[0])], capture_output=True, text=True
+        ["rpmlint", "--ignore-unused-rpmlintrc", "-r", str(rcfile), str(spec), str(srpms[0])],
+        capture_output=True,
+        text=True,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert " 0 errors" in lint.stdout
