@@ -72,7 +72,8 @@ def render_slurm_conf(layout: SandboxLayout, nodes: Sequence[str], memory_mb: in
         "InactiveLimit=0",
         "MinJobAge=5",
         "KillWait=2",
-        "UnkillableStepTimeout=30",
+        # Slurm 24.11 logs an error unless this is at least 5 x MessageTimeout (22.05 does not check).
+        "UnkillableStepTimeout=60",
         f"FirstJobId={layout.first_job_id}",
         "PrologFlags=Alloc,DeferBatch",
         # Guests boot under TCG here, slowly on a loaded 2-core machine: the prolog's own readiness

@@ -135,6 +135,8 @@ def test_slurm_conf_has_the_lines_the_project_relies_on() -> None:
     )  # else a batch job with a slow prolog is "missing"
     assert READY_TIMEOUT < prolog_timeout  # the prolog's own timeout fires first, with its message
     assert conf["ReturnToService"] == ["2"]
+    # Slurm 24.11's slurmctld logs an error when UnkillableStepTimeout < 5 x MessageTimeout.
+    assert int(conf["UnkillableStepTimeout"][0]) >= 5 * int(conf["MessageTimeout"][0])
     assert conf["SchedulerParameters"] == ["batch_sched_delay=0,sched_min_interval=0"]
     assert conf["AuthInfo"] == [f"socket={layout.munge_socket}"]
     assert conf["SlurmctldHost"] == [f"{layout.ctld_hostname}({layout.host_address})"]
