@@ -1,8 +1,10 @@
 """slurm_vc.slurm: host lists, job facts from recorded Slurm environments, scontrol parsing, CLI calls.
 
 Fixtures in tests/fixtures/slurm/: ``*-22.05-*`` were recorded from Slurm 22.05.8 (Debian 12) in a
-two-node test cluster; ``*-24.11-shape.txt`` is reconstructed from public 24.x outputs (AllocTRES,
-``GRES_IDX=``, comma lists inside brackets), not recorded on a 24.11 machine.
+two-node test cluster; ``*-24.11*`` from Slurm 24.11.5 (Debian 13) in a two-node ``slurm-vc sandbox``
+running a ``--vcluster`` job (``sbatch -N2 --mem=1024 --comment "hello there x=1"``; each node may
+allocate only its own host CPU, hence CPU_IDs 0 and 1).  Shapes no recording has (comma lists inside
+brackets, ``GRES_IDX=``) are inline texts, marked as such.
 """
 
 from __future__ import annotations
@@ -88,6 +90,32 @@ def test_facts_from_recorded_task_env():
     assert facts.vcluster == "good,vcpus=2"  # tasks see SLURM_SPANK_VCLUSTER
 
 
+def test_facts_from_recorded_24_11_prolog_env():
+    env = read_env("prolog-env-24.11.txt")
+    # 24.11 gives the prolog SLURM_JOB_NODELIST as well; 22.05 gave only SLURM_NODELIST.
+    assert env["SLURM_JOB_NODELIST"] == env["SLURM_NODELIST"] == "node[1-2]"
+    facts = slurm.job_facts_from_env(env)
+    assert facts.job_id == 200001
+    assert facts.user == "vcuser"
+    assert (facts.uid, facts.gid) == (1000, 1000)
+    assert facts.node == "node2"
+    assert facts.nodes == ("node1", "node2")
+    assert facts.node_index == 1
+    assert facts.vcluster == "centos7-hpc"  # SPANK_VCLUSTER, as in 22.05
+    assert facts.cpus_per_node == {"node1": 1, "node2": 1}
+    assert facts.restart_count == 0
+
+
+def test_facts_from_recorded_24_11_task_env():
+    env = read_env("batch-task-env-24.11.txt")
+    assert env["SLURM_SCRIPT_CONTEXT"] == "prolog_task"
+    facts = slurm.job_facts_from_env(env)
+    assert facts.job_id == 200001
+    assert facts.node == "node1"
+    assert facts.nodes == ("node1", "node2")
+    assert facts.vcluster == "centos7-hpc"  # tasks see SLURM_SPANK_VCLUSTER
+
+
 def test_facts_without_vcluster_and_missing_pieces():
     env = read_env("prolog-env-22.05.txt")
     for key in ("SPANK_VCLUSTER", "SPANK__SLURM_SPANK_OPTION_vcluster_vcluster"):
@@ -129,10 +157,28 @@ def test_allocation_22_05_uneven():
         slurm.allocation_from_job_detail(text, "h7n3")
 
 
-def test_allocation_24_11_shape():
-    text = (FIXTURES / "scontrol-show-job-d-24.11-shape.txt").read_text()
-    assert slurm.allocation_from_job_detail(text, "gv139").cpu_ids == (0, 1, 2, 3, 4, 5)
-    gw = slurm.allocation_from_job_detail(text, "gw007")
+def test_allocation_24_11_recorded():
+    text = (FIXTURES / "scontrol-show-job-d-24.11.txt").read_text()
+    assert "AllocTRES=" in text and "\n   TRES=" not in text  # 24.11 splits TRES into Req/Alloc
+    assert slurm.allocation_from_job_detail(text, "node1") == slurm.Allocation((0,), 1024 * 1024 * 1024)
+    assert slurm.allocation_from_job_detail(text, "node2") == slurm.Allocation((1,), 1024 * 1024 * 1024)
+    with pytest.raises(SlurmError, match="no CPU_IDs line for node node3"):
+        slurm.allocation_from_job_detail(text, "node3")
+
+
+# Not recorded: comma lists inside brackets and GRES_IDX= (later releases, GRES jobs).
+BRACKETED_DETAIL = """\
+   JOB_GRES=(null)
+     Nodes=gv[21,139] CPU_IDs=0-5 Mem=4096 GRES_IDX=
+     Nodes=gw007 CPU_IDs=2-3,12-13 Mem=4096 GRES_IDX=
+   MinCPUsNode=1 MinMemoryNode=4G MinTmpDiskNode=0
+   Comment=slurm-vc: node gw007: unknown image 'x' (a = b)
+"""
+
+
+def test_allocation_bracketed_node_lists():
+    assert slurm.allocation_from_job_detail(BRACKETED_DETAIL, "gv139").cpu_ids == (0, 1, 2, 3, 4, 5)
+    gw = slurm.allocation_from_job_detail(BRACKETED_DETAIL, "gw007")
     assert gw.cpu_ids == (2, 3, 12, 13)
     assert gw.memory == 4096 * 1024 * 1024
 
@@ -147,8 +193,11 @@ def test_job_fields():
     assert slurm.job_field(uniform, "Comment") == "hello there x=1"
     assert slurm.job_field(uniform, "JobState") == "RUNNING"
     assert slurm.job_field(uniform, "BatchHost") == "h7n1"
-    shaped = (FIXTURES / "scontrol-show-job-d-24.11-shape.txt").read_text()
-    assert slurm.job_field(shaped, "Comment") == "slurm-vc: node gw007: unknown image 'x' (a = b)"
+    recorded = (FIXTURES / "scontrol-show-job-d-24.11.txt").read_text()
+    assert slurm.job_field(recorded, "Comment") == "hello there x=1"
+    assert slurm.job_field(recorded, "JobState") == "RUNNING"
+    assert slurm.job_field(recorded, "BatchHost") == "node1"
+    assert slurm.job_field(BRACKETED_DETAIL, "Comment") == "slurm-vc: node gw007: unknown image 'x' (a = b)"
     uneven = (FIXTURES / "scontrol-show-job-d-22.05-uneven.txt").read_text()
     assert slurm.job_field(uneven, "Comment") is None
 
