@@ -11,12 +11,14 @@ over all alike):
 
   plain   ``sbatch -N n job.sh``                     the job script prints ``SCRIPT_START <epoch>``
   vc      ``sbatch -N n --vcluster=tiny job.sh``     same script; the prolog boots a guest per node
-  qemu    n ``qemu-system-x86_64 -accel tcg`` at once, with the kernel, initrd, kernel command line,
-          memory, vCPUs and CPU model of the vc run's guests, pinned (taskset) to the CPUs libvirt
-          pinned them to, each in a cpu cgroup beside libvirt's guests (same CPU weight as they get);
-          time from launch to the guest's ready line (the slowest of the n)
+  qemu    the same n guests booted by QEMU alone, all at once: libvirt's own QEMU argv of each vc
+          guest (read from /proc while the job ran) made runnable without libvirt
+          (standalone_argv), started in cpu and cpuset cgroups on the guest's pinned CPUs, its
+          hugepages as cold as the vc guest's (SETTLE_SECONDS); launch -> the slowest guest's ready
+          line.  ``--baseline minimal`` boots the lighter machine of earlier runs instead.
 
-Overhead = (vc script start - plain script start) - plain-QEMU boot, from medians.  Per phase, from
+Overhead = (vc script start - plain script start) - plain-QEMU boot, from medians (also with each
+job's wait for Slurm's once-a-second scheduler left out).  Per phase, from
 the vc job's timeline (slurm_vc.timeline, collected by slurm_vc.jobwatch): sbatch -> queued (the
 SPANK plugin's submit-time validation), queued -> allocated, allocated -> prolog start (hook + Python
 start-up + Slurm facts), prolog start -> guest started (plan, isolation, hugepages, seed, libvirt
