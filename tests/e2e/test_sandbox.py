@@ -194,7 +194,14 @@ def test_up_jobs_status_exec_down(sb: SandboxCli) -> None:
     assert down.returncode == 0, down.stderr
     assert not procs.pids_with_arg(domain, (QEMU_COMM,))
     assert not list(Path("/sys/fs/cgroup").glob(f"*/machine/*{domain}*"))
-    assert leftovers(sb.name) == {"processes": [], "netns": [], "links": [], "mounts": [], "files": []}
+    assert leftovers(sb.name) == {
+        "processes": [],
+        "netns": [],
+        "links": [],
+        "mounts": [],
+        "files": [],
+        "runtime dir": [],
+    }
     assert sb.cli("status").returncode != 0
     # down is idempotent.
     assert sb.cli("down").returncode == 0
