@@ -39,6 +39,7 @@ import platform
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -667,6 +668,9 @@ def main() -> int:
     counts = [int(n) for n in args.nodes.split(",")]
     if os.geteuid() != 0:
         raise SystemExit("run as root (the sandbox cluster)")
+    # A SIGTERM unwinds like an error, so the finally blocks give back the baseline's hugepages and
+    # bring the sandbox down.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sandbox = Sandbox(args.name)
     sandbox.up(nodes=max(counts))
     load_before = os.getloadavg()
