@@ -36,6 +36,7 @@ class HostPaths:
     sys: str = "/sys"
     dev_kvm: str = "/dev/kvm"
     slurm_conf: str = "/etc/slurm/slurm.conf"
+    qemu_conf: str = "/etc/libvirt/qemu.conf"
 
 
 def check_virtualisation(config: SiteConfig, paths: HostPaths) -> Check:
@@ -65,6 +66,66 @@ def check_virtualisation(config: SiteConfig, paths: HostPaths) -> Check:
             name, WARN, "/dev/kvm exists but the CPU shows no vmx/svm flag (nested?)", "check guests boot"
         )
     return Check(name, PASS, f"/dev/kvm present, CPU flag {'/'.join(sorted(flags))}")
+
+
+def _qemu_user(paths: HostPaths) -> str:
+    """The user libvirt runs QEMU as: qemu.conf's ``user``, else Debian's default ``libvirt-qemu``."""
+    text = _read(paths.qemu_conf) or ""
+    found = re.findall(r'^\s*user\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return found[-1] if found else "libvirt-qemu"
+
+
+def check_kvm_access(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """Can libvirt's QEMU user open /dev/kvm read-write?
+
+    Without it KVM guests cannot start; and even for TCG guests libvirt 9-11 then treats its cached
+    QEMU capabilities as outdated at every guest start ("KVM was enabled when probing, but it is not
+    available now") and probes QEMU again, several times: seconds per start instead of ~0.3 s.  Seen
+    when a package of another distribution (a chroot sharing /dev) re-owned /dev/kvm to its own
+    kvm group id.
+    """
+    import grp
+    import pwd
+
+    if not os.path.exists(paths.dev_kvm):
+        return []  # check_virtualisation reports it
+    name = "/dev/kvm access"
+    user = _qemu_user(paths)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return [Check(name, WARN, f"libvirt's QEMU user {user!r} (qemu.conf) does not exist", "")]
+    info = os.stat(paths.dev_kvm)
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    if entry.pw_uid == 0:
+        bits = 0o6
+    elif entry.pw_uid == info.st_uid:
+        bits = (info.st_mode >> 6) & 0o7
+    elif info.st_gid in groups:
+        bits = (info.st_mode >> 3) & 0o7
+    else:
+        bits = info.st_mode & 0o7
+    try:
+        owner_group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        owner_group = str(info.st_gid)  # a group id this host does not know: the usual culprit
+    shown = f"{paths.dev_kvm} (group {owner_group}, mode {info.st_mode & 0o777:04o})"
+    if bits & 0o6 == 0o6:
+        return [Check(name, PASS, f"{shown} is read-write for libvirt's QEMU user {user}")]
+    impact = (
+        "KVM guests cannot start"
+        if config.host.domain_type == "kvm"
+        else "libvirt re-probes QEMU at every guest start (seconds each)"
+    )
+    return [
+        Check(
+            name,
+            FAIL if config.host.domain_type == "kvm" else WARN,
+            f"{shown} is not read-write for libvirt's QEMU user {user}: {impact}",
+            f'chgrp kvm {paths.dev_kvm} && chmod 0660 {paths.dev_kvm} (udev: KERNEL=="kvm",'
+            f' GROUP="kvm", MODE="0660"), with {user} in group kvm',
+        )
+    ]
 
 
 def _hugetlbfs_mounts(paths: HostPaths) -> dict[str, str]:
@@ -331,6 +392,7 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
 
 CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_virtualisation,
+    check_kvm_access,
     check_hugepages,
     check_libvirt,
     check_bridge,

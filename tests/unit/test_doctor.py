@@ -11,6 +11,7 @@ from slurm_vc.doctor import (
     check_bridge,
     check_hugepages,
     check_images,
+    check_kvm_access,
     check_runtime_dir,
     check_slurm,
     check_virtualisation,
@@ -36,7 +37,11 @@ def make_host(tmp_path: Path, *, flags="vmx", pvm=False, kvm=True, hugetlbfs=Tru
     if kvm:
         dev_kvm.write_text("")
     return HostPaths(
-        proc=str(proc), sys=str(sys), dev_kvm=str(dev_kvm), slurm_conf=str(tmp_path / "slurm.conf")
+        proc=str(proc),
+        sys=str(sys),
+        dev_kvm=str(dev_kvm),
+        slurm_conf=str(tmp_path / "slurm.conf"),
+        qemu_conf=str(tmp_path / "qemu.conf"),
     )
 
 
@@ -158,3 +163,31 @@ def test_runtime_dir_on_tmpfs_and_old_ledgers(tmp_path):
     assert disk.status == WARN and "on ext4 (/), not a tmpfs" in disk.detail
     assert old.status == WARN and "1 in " in old.detail and "41.json" in old.detail
     assert "/run/slurm-vc/hugepages/<job>.<state>.json" in old.fix
+
+
+def kvm_host(tmp_path: Path, mode: int, user: str) -> HostPaths:
+    host = make_host(tmp_path)
+    Path(host.dev_kvm).chmod(mode)
+    # A commented default and a setting: the last uncommented one counts.
+    Path(host.qemu_conf).write_text(f'#user = "root"\nuser = "{user}"\ngroup = "kvm"\n')
+    return host
+
+
+def test_kvm_access_follows_the_qemu_user_of_qemu_conf(tmp_path):
+    # "nobody" is neither the owner of the fake device (the test's user) nor in its group.
+    closed = kvm_host(tmp_path / "a", 0o660, "nobody")
+    [tcg] = check_kvm_access(config(domain_type="qemu"), closed)
+    assert tcg.status == WARN and "nobody" in tcg.detail and "re-probes" in tcg.detail
+    assert "mode 0660" in tcg.detail and "chgrp kvm" in tcg.fix
+    [kvm] = check_kvm_access(config(domain_type="kvm", cpu_mode="host-passthrough"), closed)
+    assert kvm.status == FAIL and "cannot start" in kvm.detail
+    [open_to_all] = check_kvm_access(config(), kvm_host(tmp_path / "b", 0o666, "nobody"))
+    assert open_to_all.status == PASS
+    [as_root] = check_kvm_access(config(), kvm_host(tmp_path / "c", 0o600, "root"))
+    assert as_root.status == PASS
+
+
+def test_kvm_access_reports_an_unknown_qemu_user_and_skips_a_missing_device(tmp_path):
+    [unknown] = check_kvm_access(config(), kvm_host(tmp_path / "a", 0o660, "no-such-user-xyz"))
+    assert unknown.status == WARN and "no-such-user-xyz" in unknown.detail
+    assert check_kvm_access(config(), make_host(tmp_path / "b", kvm=False)) == []
