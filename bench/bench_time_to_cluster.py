@@ -125,8 +125,8 @@ class CapturingWatcher(jobwatch.JobWatcher):
             self.qemu_argv[name] = text
 
 
-# Memory handed back to the kernel is, on a VM with free page reporting (this project's test VMs:
-# page_reporting_order=11), returned to the hypervisor about 2 s later, and the first touch of it
+# Memory handed back to the kernel is, on a VM with free page reporting (this project's test VMs),
+# returned to the hypervisor about 2 s later, and the first touch of it
 # then costs ~0.4-0.6 s per 256 MiB.  A guest's hugepages are touched at start (QEMU preallocates
 # them), so whichever of the vc guest and the plain QEMU reuses pages the other freed a moment ago
 # would start faster.  Waiting this long after the last release before each measured start gives
@@ -202,7 +202,6 @@ FLAGS_WITHOUT_VALUE = {"-S", "-no-user-config", "-nodefaults", "-no-shutdown", "
 class GuestSpec:
     """One vc guest, as the plain-QEMU baseline needs it."""
 
-    name: str  # the libvirt domain name
     argv: tuple[str, ...]  # the QEMU argv libvirt ran
     files: dict[str, str]  # per-job files the argv names (seed image) -> copies that outlived the job
     cpus: str  # taskset CPU list: the union of the vCPU and emulator pins
@@ -307,7 +306,6 @@ def guest_spec(domain_xml: str, argv: list[str], files: dict[str, str]) -> Guest
                 pages[node] = pages.get(node, 0) + int(obj["size"]) // page_size
     mac = root.find("devices/interface/mac")
     return GuestSpec(
-        name=root.findtext("name") or "",
         argv=tuple(argv),
         files=dict(files),
         cpus=",".join(sorted(pins)) or f"0-{os.cpu_count() - 1}",
