@@ -10,25 +10,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import sys
-from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# The file's location, its TOML reading and these constants live in the pydantic-free configfile
+# module (the submit-time check and the TaskProlog use it alone); they stay importable from here.
+from .configfile import (  # noqa: F401
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    IMAGE_NAME_RE,
+    PAGE_SIZES,
+    config_path,
+    read_toml,
+)
 from .errors import ConfigError, UsageError
 from .units import parse_size
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on old Pythons
-    import tomli as tomllib
-
-DEFAULT_CONFIG_PATH = "/etc/slurm/vcluster.toml"
-CONFIG_ENV = "SLURM_VC_CONFIG"
-
-IMAGE_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-PAGE_SIZES = {"2M": 2 * 1024 * 1024, "1G": 1024 * 1024 * 1024, "none": 0}
 
 
 class _Strict(BaseModel):
@@ -241,24 +238,7 @@ def config_from_mapping(data: dict, source: str = "<mapping>") -> SiteConfig:
         raise ConfigError(_format_validation_error(source, exc)) from None
 
 
-def config_path(explicit: Optional[str] = None) -> str:
-    """The config file to read: ``--config``, then ``$SLURM_VC_CONFIG``, then the default."""
-    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
-
-
 def load_config(explicit: Optional[str] = None) -> SiteConfig:
     """Read and validate the site configuration file."""
     path = config_path(explicit)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: configuration file not found (set {CONFIG_ENV} or pass --config)"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_mapping(data, source=path)
+    return config_from_mapping(read_toml(path), source=path)

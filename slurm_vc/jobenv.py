@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .configfile import CONFIG_ENV
 from .errors import StateError, UsageError
 from .state import check_job_id, job_ids_in
 
@@ -39,10 +40,6 @@ SSH_CONFIG_FILE = "ssh_config"
 HOSTFILE = "hostfile"
 VERSION = 1
 JOB_DIR_ENV = "VC_JOB_DIR"
-# slurm_vc.config's CONFIG_ENV and DEFAULT_CONFIG_PATH, repeated to keep pydantic out of the TaskProlog
-# (a unit test checks they agree).
-CONFIG_ENV = "SLURM_VC_CONFIG"
-DEFAULT_CONFIG_PATH = "/etc/slurm/vcluster.toml"
 
 # Guest states as the job sees them.
 STARTING = "starting"
@@ -416,19 +413,15 @@ def state_dir_from_file(path: Optional[str] = None) -> str:
     The TaskProlog runs for every task of every step: it must stay cheap (no pydantic import).  The
     prolog has validated the same file with the full model already.
     """
-    import sys
+    from .configfile import config_path, read_toml
+    from .errors import ConfigError
 
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    source = path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+    source = config_path(path)
     default_state_dir = "/var/lib/slurm-vc"  # SiteConfig.state_dir's default
     try:
-        with open(source, "rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, ValueError) as exc:
-        raise StateError(f"cannot read state_dir from {source}: {exc}") from None
+        data = read_toml(source)
+    except ConfigError as exc:
+        raise StateError(f"cannot read state_dir: {exc}") from None
     value = data.get("state_dir", default_state_dir)
     if not isinstance(value, str) or not value.startswith("/"):
         raise StateError(f"{source}: state_dir must be an absolute path")

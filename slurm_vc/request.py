@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
-from .config import PAGE_SIZES, SiteConfig
+from .configfile import PAGE_SIZES, Catalog
 from .errors import RequestError, UsageError
 from .units import SIZE_HELP, parse_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import SiteConfig
 
 MAX_REQUEST_LENGTH = 256
 _ALLOWED_CHARS_RE = re.compile(r"^[A-Za-z0-9._=,-]*$")
@@ -47,8 +50,12 @@ class VClusterRequest:
         return ",".join(parts)
 
 
-def parse_request(text: str, config: SiteConfig) -> VClusterRequest:
-    """Parse and validate a ``--vcluster`` value against the site catalog.  Raises RequestError."""
+def parse_request(text: str, config: Union[SiteConfig, Catalog]) -> VClusterRequest:
+    """Parse and validate a ``--vcluster`` value against the site catalog.  Raises RequestError.
+
+    Only ``config.images`` is consulted: the whole site config, or at submit time just its
+    :class:`~slurm_vc.configfile.Catalog` (no pydantic needed).
+    """
     if text is None or text.strip() == "":
         raise RequestError(f"--vcluster needs a value: {GRAMMAR_HELP}")
     if len(text) > MAX_REQUEST_LENGTH:

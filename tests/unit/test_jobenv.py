@@ -37,8 +37,6 @@ def make_view(job_id: int = 42, node: str = "n2") -> jobenv.JobView:
 
 def test_constants_agree_with_their_sources():
     assert jobenv.HOSTFILE_FORMATS == network.HOSTFILE_FORMATS
-    assert jobenv.CONFIG_ENV == site_config.CONFIG_ENV
-    assert jobenv.DEFAULT_CONFIG_PATH == site_config.DEFAULT_CONFIG_PATH
     assert site_config.SiteConfig().state_dir == "/var/lib/slurm-vc"  # state_dir_from_file's default
 
 
@@ -354,3 +352,20 @@ def test_hooks_do_nothing_for_jobs_without_vcluster(script):
     # Slurm gives the prolog no PATH: an empty environment must work, and exit 0 at once.
     done = subprocess.run([str(REPO / script)], capture_output=True, text=True, env={"SLURM_JOB_ID": "9"})
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_task_prolog_batch_step_of_a_one_node_job_asks_slurm_nothing(tmp_path, monkeypatch):
+    """No other prolog can have failed: the batch script starts without a Slurm round trip."""
+    from slurm_vc import slurm
+
+    view = make_view()
+    view.guests = view.guests[:1]
+    jobenv.publish(tmp_path, view, *ME)
+
+    def no_slurm(job_id):
+        raise AssertionError("a one-node job's TaskProlog asked Slurm for the Comment")
+
+    monkeypatch.setattr(slurm, "job_comment", no_slurm)
+    out = io.StringIO()
+    assert task_prolog.task_prolog(_task_env(tmp_path), out) == 0
+    assert "export VC_HOSTS=" in out.getvalue()

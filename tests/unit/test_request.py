@@ -1,6 +1,10 @@
+import subprocess
+import sys
+
 import pytest
 
 from slurm_vc.cli import main
+from slurm_vc.configfile import Catalog, catalog_from_mapping
 from slurm_vc.errors import EXIT_CONFIG, EXIT_USAGE, RequestError
 from slurm_vc.request import MAX_REQUEST_LENGTH, parse_request
 from slurm_vc.units import GIB
@@ -57,3 +61,45 @@ def test_cli_validate_rejects_one_line(config_file, capsys):
 def test_cli_missing_config(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "x.toml"), "validate-request", "tiny"]) == EXIT_CONFIG
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_validate_does_not_import_pydantic(config_file):
+    """The submit-time check runs inside every sbatch: it reads the catalog without pydantic."""
+    code = (
+        "import sys; from slurm_vc.cli import main;"
+        f" rc = main(['--config', {str(config_file)!r}, 'validate-request', '--quiet', 'tiny,vcpus=2']);"
+        " sys.exit(10 + rc if 'pydantic' in sys.modules else rc)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "images,needle",
+    [
+        ("images = 3", "key 'images'"),
+        ('[images."Bad Name"]\nkernel = "/k"', "image name 'Bad Name' is not allowed"),
+        ('[images]\ntiny = "not a table"', "key 'images.tiny'"),
+    ],
+)
+def test_cli_validate_malformed_catalog_gets_the_full_validation(tmp_path, capsys, images, needle):
+    path = tmp_path / "vcluster.toml"
+    path.write_text(images + "\n")
+    assert main(["--config", str(path), "validate-request", "tiny"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_catalog_from_mapping():
+    assert catalog_from_mapping({}, "f").images == frozenset()
+    catalog = catalog_from_mapping({"images": {"a": {}, "b-1": {"kernel": "/k"}}, "x": 1}, "f")
+    assert catalog == Catalog(images=frozenset({"a", "b-1"}), source="f")
+    assert catalog_from_mapping({"images": []}, "f") is None
+    assert catalog_from_mapping({"images": {"A": {}}}, "f") is None
+    assert catalog_from_mapping({"images": {"a": "x"}}, "f") is None
+
+
+def test_bad_toml_and_missing_file_are_config_errors(tmp_path, capsys):
+    path = tmp_path / "vcluster.toml"
+    path.write_text("images = [\n")
+    assert main(["--config", str(path), "validate-request", "tiny"]) == EXIT_CONFIG
+    assert "not valid TOML" in capsys.readouterr().err
