@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import NoReturn, Optional
 
 # name -> (module under slurm_vc.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -78,6 +78,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         if os.environ.get("SLURM_VC_DEBUG"):
             traceback.print_exc()
         return 1
+
+
+def exit_fast(code: int) -> NoReturn:
+    """Flush stdout/stderr and end the process with ``code``, skipping the interpreter's teardown.
+
+    For the Slurm hooks: after a prolog has loaded lxml, libvirt and pydantic, a normal exit spends
+    ~45 ms freeing them while the job waits.  Nothing is lost: every file the commands write is
+    closed by then, no thread of theirs is left running, and the one atexit handler (logging's)
+    would only flush handlers that write to stderr, flushed here.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said there
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

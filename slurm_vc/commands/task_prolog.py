@@ -45,9 +45,10 @@ def task_prolog(environ, out: TextIO, config_path: Optional[str] = None) -> int:
     if view.local.state == jobenv.FAILED:
         _say(out, view.local.error or f"slurm-vc: job {job_id}: the guest on this node failed")
         return 1
-    if "SLURM_STEP_ID" not in environ:
-        # The batch step: a prolog on another node may have failed with a user fault.  It put the
-        # reason into the job's Comment before the batch script could start (DeferBatch).
+    if "SLURM_STEP_ID" not in environ and len(view.guests) > 1:
+        # The batch step of a multi-node job: a prolog on another node may have failed with a user
+        # fault.  It put the reason into the job's Comment before the batch script could start
+        # (DeferBatch).  A one-node job has no other prolog: no Slurm call before its script.
         failure = _peer_failure(int(view.job_id), environ.get("SLURM_RESTART_COUNT", "0"))
         if failure:
             _say(out, failure)
