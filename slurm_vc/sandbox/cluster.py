@@ -592,15 +592,21 @@ class Sandbox:
                 "group": entry.pw_gid,
                 "extra_groups": os.getgrouplist(name, entry.pw_gid),
             }
-        return subprocess.run(
-            list(argv),
-            env=env,
-            cwd=cwd,
-            capture_output=capture,
-            text=True,
-            timeout=timeout,
-            **kwargs,
-        )
+        try:
+            return subprocess.run(
+                list(argv),
+                env=env,
+                cwd=cwd,
+                capture_output=capture,
+                text=True,
+                timeout=timeout,
+                **kwargs,
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise UsageError(
+                f"cannot run {argv[0]!r} as {name}: {exc.strerror} (searched PATH={env.get('PATH', '')});"
+                " options of sandbox exec go before the --"
+            ) from None
 
     def _job_ids(self) -> list[str]:
         try:

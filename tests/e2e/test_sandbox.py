@@ -167,6 +167,10 @@ def test_up_jobs_status_exec_down(sb: SandboxCli) -> None:
     assert validate.returncode == 0, validate.stderr
     assert sb.exec("slurm-vc", "validate-request", "no-such-image").returncode == 2
     assert sb.exec("squeue", "-h").returncode == 0
+    # A command that does not exist (here: an option put after the --) is one clear line, exit 2.
+    missing = sb.exec("--user", "root", "id")
+    assert missing.returncode == 2
+    assert "cannot run '--user' as vcuser" in missing.stderr and "Traceback" not in missing.stderr
 
     status = sb.cli("status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
