@@ -57,6 +57,9 @@ from slurm_vc.slurm import TERMINAL_JOB_STATES
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TEXT = "SLURM-VC-READY"
+# The tiny guest's init logs its own uptime when it signals ready (guest/tiny-init): the guest's boot
+# by its own clock, from its kernel's start to the ready line.
+GUEST_UPTIME_RE = re.compile(r"ready after ([0-9]+(?:\.[0-9]+)?) s of guest uptime")
 JOB_SCRIPT = '#!/bin/sh\necho "SCRIPT_START $(date +%s.%N)"\necho "SCRIPT_END $(date +%s.%N)"\n'
 IMAGE = "tiny"
 GOAL_PER_NODE = 1.0
@@ -73,6 +76,7 @@ class JobRun:
     state: str = ""
     qemu_argv: dict[str, list[str]] = field(default_factory=dict)  # domain -> libvirt's QEMU argv
     files: dict[str, str] = field(default_factory=dict)  # per-job file -> a copy that outlives the job
+    guest_uptime: dict[str, float] = field(default_factory=dict)  # node -> guest uptime at ready
 
     @property
     def time_to_cluster(self) -> Optional[float]:
@@ -90,11 +94,18 @@ class CapturingWatcher(jobwatch.JobWatcher):
         super().__init__(state_dirs, job_id)
         self.qemu_argv: dict[str, list[str]] = {}  # domain name -> QEMU argv
         self.files: dict[str, str] = {}  # a file the argv names -> our copy of it
+        self.guest_uptime: dict[str, float] = {}  # node -> the guest's uptime when it signalled ready
         self.scratch = scratch
         self._next_scan = 0.0
 
     def poll_once(self) -> None:
         super().poll_once()
+        for node, state_dir in self.state_dirs.items():
+            if node not in self.guest_uptime and self.records[node].meta.get("ready_at"):
+                console = state_dir / "jobs" / self.job_id / "console.log"
+                uptime = guest_uptime(jobwatch.read_text(console))
+                if uptime is not None:
+                    self.guest_uptime[node] = uptime
         now = time.monotonic()
         if now < self._next_scan or len(self.qemu_argv) >= len(self.state_dirs):
             return
@@ -182,7 +193,14 @@ def submit_and_watch(
         jobwatch.read_text(sandbox.layout.log / "slurmctld.log"),
     )
     run = JobRun(
-        nodes, vcluster, job, dict(watcher.records), last_state["state"], watcher.qemu_argv, watcher.files
+        nodes,
+        vcluster,
+        job,
+        dict(watcher.records),
+        last_state["state"],
+        watcher.qemu_argv,
+        watcher.files,
+        watcher.guest_uptime,
     )
     if run.state != "COMPLETED" or job.script_start is None:
         raise SystemExit(
@@ -442,8 +460,17 @@ class HugetlbMounts:
         self.mounted.clear()
 
 
-def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, baseline: str, timeout: float = 300) -> float:
-    """Start one QEMU per spec at once; seconds until the last one printed its ready line.
+def guest_uptime(console_text: str) -> Optional[float]:
+    """The guest's own uptime at its ready line, from its console log (None if not logged yet)."""
+    match = GUEST_UPTIME_RE.search(console_text)
+    return float(match.group(1)) if match else None
+
+
+def plain_qemu_boot(
+    specs: list[GuestSpec], scratch: Path, baseline: str, timeout: float = 300
+) -> tuple[float, Optional[float]]:
+    """Start one QEMU per spec at once; seconds until the last one printed its ready line, and that
+    guest's own uptime at its ready line.
 
     Each QEMU starts inside cgroups confining it to the guest's pinned CPUs (see CGROUP_PARENTS).
     For the ``same`` baseline the hugepages the guests' RAM needs are added to the pools first (not
@@ -482,6 +509,7 @@ def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, baseline: str, timeou
             log.close()
             procs.append((directory, proc))
         ready: dict[int, float] = {}
+        uptime: dict[int, Optional[float]] = {}
         deadline = started + timeout
         while len(ready) < len(procs):
             if time.monotonic() > deadline:
@@ -489,13 +517,22 @@ def plain_qemu_boot(specs: list[GuestSpec], scratch: Path, baseline: str, timeou
             for index, (directory, proc) in enumerate(procs):
                 if index in ready:
                     continue
-                if any(READY_TEXT in jobwatch.read_text(log) for log in directory.glob("*.log")):
+                texts = [jobwatch.read_text(log) for log in directory.glob("*.log")]
+                if any(READY_TEXT in text for text in texts):
                     ready[index] = time.monotonic() - started
                 elif proc.poll() is not None:
                     log_text = jobwatch.read_text(directory / "qemu.log")
                     raise SystemExit(f"plain QEMU exited {proc.returncode}: {log_text}")
             time.sleep(0.02)
-        return max(ready.values())
+        for index, (directory, _) in enumerate(procs):  # the uptime line follows the ready line
+            for _ in range(50):
+                found = [guest_uptime(jobwatch.read_text(log)) for log in directory.glob("*.log")]
+                uptime[index] = next((value for value in found if value is not None), None)
+                if uptime[index] is not None:
+                    break
+                time.sleep(0.02)
+        last = max(ready, key=lambda index: ready[index])
+        return ready[last], uptime[last]
     finally:
         for _, proc in procs:  # ours, by PID
             if proc.poll() is None:
@@ -544,6 +581,10 @@ def phase_values(run: JobRun) -> dict[str, float]:
             values["prolog start -> libvirt create"] = max(before_libvirt)
             values["libvirt create -> guest ready"] = max(libvirt_and_boot)
         put("last guest ready -> script start", job.script_start, latest("guest_ready"))
+        ready_at = {node.node: node.guest_ready for node in job.nodes if node.guest_ready is not None}
+        last_ready = max(ready_at, key=lambda node: ready_at[node]) if ready_at else None
+        if last_ready in run.guest_uptime:  # the guest the job script waited for
+            values["guest uptime at ready"] = run.guest_uptime[last_ready]
         put("script end -> teardown done", latest("teardown_done"), job.script_end)
         for step, found in timeline.prolog_step_rows(job):
             values[f"step {step}"] = found.hi
@@ -585,6 +626,30 @@ def slurm_vc_phases(plain: dict[str, float], vc: dict[str, float]) -> Optional[f
         return None
 
 
+def paired_overheads(
+    data: dict[str, list], key: str = "sbatch -> script start", own_clock: bool = False
+) -> list[float]:
+    """Each repetition's own overhead: its vc job - its plain job - its plain-QEMU boot (pure).
+
+    The three measurements of one repetition run back to back, so drift in machine load and in
+    the cold-memory cost of this VM hits them alike; their median is steadier than a difference
+    of three medians.  ``key``: "without scheduler wait" leaves Slurm's 0-1 s tick out of both jobs.
+    ``own_clock``: the guest's boot by its own clock (kernel start -> ready line) is taken out of
+    the vc job and of the plain QEMU: what is left is the control plane plus QEMU's start-up and
+    firmware on each side, without the seconds-long TCG boot whose spread swamps the rest.
+    """
+    uptimes = data.get("qemu_uptime") or [None] * len(data["qemu"])
+    values = []
+    for plain, vc, boot, boot_uptime in zip(data["plain"], data["vc"], data["qemu"], uptimes):
+        if key not in vc or key not in plain:
+            continue
+        if not own_clock:
+            values.append(vc[key] - plain[key] - boot)
+        elif boot_uptime is not None and "guest uptime at ready" in vc:
+            values.append(vc[key] - vc["guest uptime at ready"] - plain[key] - (boot - boot_uptime))
+    return values
+
+
 def report(results: dict[int, dict[str, list]], reps: int) -> str:
     """Markdown tables from ``{n: {"plain": [phase values], "vc": [phase values], "qemu": [seconds]}}``."""
     lines = []
@@ -609,6 +674,23 @@ def report(results: dict[int, dict[str, list]], reps: int) -> str:
             f"{fmt(None if unscheduled is None else unscheduled / n)} | {fmt(own_overhead)} | "
             f"{fmt(slurm_vc_phases(plain, vc))} |"
         )
+        paired = paired_overheads(data)
+        unpaired = paired_overheads(data, "without scheduler wait")
+        lines.append(f"\n{n} node(s), overhead of each repetition (vc - plain job - plain QEMU boot):\n")
+        heads = " | ".join(f"rep {i + 1}" for i in range(len(paired)))
+        lines.append(f"| | {heads} | median | per node |")
+        lines.append("|---|" + "---|" * (len(paired) + 2))
+        rows = (
+            ("overhead", paired),
+            ("scheduler wait left out", unpaired),
+            ("guest's own boot left out", paired_overheads(data, own_clock=True)),
+            ("both left out", paired_overheads(data, "without scheduler wait", own_clock=True)),
+        )
+        for label, values in rows:
+            if values:
+                middle = timeline.median(values)
+                cells = " | ".join(f"{value:.2f}" for value in values)
+                lines.append(f"| {label} | {cells} | {middle:.2f} s | {middle / n:.2f} s |")
         lines.append(f"\n{n} node(s), medians of {reps} runs (the slowest node gates each phase):\n")
         lines.append("| phase | plain job | --vcluster job | over plain |")
         lines.append("|---|---|---|---|")
@@ -683,7 +765,9 @@ def main() -> int:
         print(f"# warm-up (slurmctld's first scheduling pass, page cache) on {args.name}", flush=True)
         submit_and_watch(sandbox, work, max(counts), False, args.timeout, scratch)
         submit_and_watch(sandbox, work, 1, True, args.timeout, scratch)
-        results: dict[int, dict[str, list]] = {n: {"plain": [], "vc": [], "qemu": []} for n in counts}
+        results: dict[int, dict[str, list]] = {
+            n: {"plain": [], "vc": [], "qemu": [], "qemu_uptime": []} for n in counts
+        }
         specs_of: dict[int, list[GuestSpec]] = {}
         for rep in range(args.reps):
             order = counts[rep % len(counts) :] + counts[: rep % len(counts)]
@@ -701,10 +785,11 @@ def main() -> int:
                         f"job {vc.job.job_id}: got the XML and argv of {len(specs)} of {n} guests"
                     )
                 specs_of[n] = specs
-                boot = early if early is not None else plain_qemu_boot(specs, scratch, args.baseline)
+                boot, boot_uptime = early or plain_qemu_boot(specs, scratch, args.baseline)
                 results[n]["plain"].append(phase_values(plain))
                 results[n]["vc"].append(phase_values(vc))
                 results[n]["qemu"].append(boot)
+                results[n]["qemu_uptime"].append(boot_uptime)
                 print(
                     f"rep {rep + 1} n={n}: plain {plain.time_to_cluster:.2f} s, "
                     f"vc {vc.time_to_cluster:.2f} s, plain QEMU boot {boot:.2f} s",

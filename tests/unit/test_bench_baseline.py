@@ -74,3 +74,29 @@ def test_guest_spec_counts_the_hugepages_and_pins_of_the_guest():
     assert spec.page_size == 2 * 1024 * 1024
     assert spec.pages == {0: 128}  # 256 MiB of RAM on host node 0
     assert spec.cpus == "0"
+
+
+def test_guest_uptime_from_the_tiny_guests_console():
+    console = "SLURM-VC-READY vc7-0\nslurm-vc-init: ready after 2.47 s of guest uptime\n"
+    assert bench.guest_uptime(console) == 2.47
+    assert bench.guest_uptime("SLURM-VC-READY vc7-0\n") is None
+
+
+def test_paired_overheads_per_repetition():
+    data = {
+        "plain": [{"sbatch -> script start": 0.5, "without scheduler wait": 0.1}] * 2,
+        "vc": [
+            {"sbatch -> script start": 9.0, "without scheduler wait": 8.4, "guest uptime at ready": 6.0},
+            {"sbatch -> script start": 11.0, "without scheduler wait": 10.6},  # no uptime logged
+        ],
+        "qemu": [7.5, 7.0],
+        "qemu_uptime": [6.5, 6.0],
+    }
+    assert bench.paired_overheads(data) == pytest.approx([1.0, 3.5])
+    assert bench.paired_overheads(data, "without scheduler wait") == pytest.approx([0.8, 3.5])
+    # By the guests' own clocks: vc 9.0 - 6.0 - 0.5 - (7.5 - 6.5) = 1.5; rep 2 has no uptime.
+    assert bench.paired_overheads(data, own_clock=True) == pytest.approx([1.5])
+    assert bench.paired_overheads(data, "without scheduler wait", own_clock=True) == pytest.approx([1.3])
+    # Results written before the uptime was recorded have no "qemu_uptime".
+    del data["qemu_uptime"]
+    assert bench.paired_overheads(data, own_clock=True) == []
