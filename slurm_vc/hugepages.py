@@ -15,6 +15,11 @@ Files::
     <ledger_dir>/<job_id>.<state>.json              one ledger per job (tmp + rename, atomic)
     <ledger_dir>/.lock                              the lock instead, only if the sysfs dir is missing
 
+Under the lock, an operation opens each pool's ``nr_hugepages`` (read-write) and
+``surplus_hugepages`` once, reads them with pread and writes ``nr_hugepages`` with pwrite, both at
+offset 0 (sysfs shows an attribute's current value at every read at offset 0), and closes them
+when it lets the lock go.
+
 ``HugepagePool.from_config`` puts the ledgers in ``<runtime_dir>/hugepages`` (``/run/slurm-vc``):
 they describe pools that do not survive a reboot either, and a tmpfs keeps their three writes per
 job off the disk (``slurm-vc doctor`` warns when it is not a tmpfs).  A bare
@@ -101,9 +106,8 @@ import logging
 import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import HugepageError, StateError, VcError
 from .units import GIB, KIB, MIB, format_size
@@ -118,30 +122,48 @@ LEDGER_VERSION = 1
 LEDGER_SUBDIR = "hugepages"  # under runtime_dir (from_config) or state_dir (a bare HugepagePool)
 STATES = ("growing", "held", "releasing")  # in the order a ledger moves through them
 _RANK = {state: rank for rank, state in enumerate(STATES)}
-_SUFFIXES = tuple((f".{state}.json", state) for state in STATES)
-_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # fullmatch: "$" would allow a final "\n"
+_JSON_DECODER = json.JSONDecoder()
 
 
 class SysfsIO:
     """The writer interface: every read and write of a sysfs/procfs integer goes through here.
 
     Tests inject a fake kernel (a subclass) to simulate fragmentation and crashes; the manager's code
-    path stays the same.
+    path stays the same.  A locked operation opens each pool's two files once (``open``) and then
+    reads and writes them at offset 0 (``pread_int``, ``pwrite_int``): sysfs regenerates an
+    attribute's text on every read at offset 0, so a pread after a write shows the new value.
+    ``read_int`` and ``write_int`` are the one-shot forms (open, read or write, close).
     """
 
+    def open(self, path: str, writable: bool = False) -> int:
+        """Open an attribute for ``pread_int``, and for ``pwrite_int`` too if ``writable``."""
+        return os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def pread_int(self, fd: int) -> int:
+        """The integer an open attribute shows now (sysfs prints a number and a newline)."""
+        return int(os.pread(fd, 64, 0).strip() or b"0")
+
+    def pwrite_int(self, fd: int, value: int) -> None:
+        """Write one integer with a single write(2) at offset 0, as the kernel expects for sysfs."""
+        os.pwrite(fd, b"%d" % value, 0)
+
     def read_int(self, path: str) -> int:
-        """Read one integer file (sysfs prints a number and a newline)."""
-        fd = os.open(path, os.O_RDONLY)
+        """Read one integer file."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return int(os.read(fd, 64).strip() or b"0")
         finally:
             os.close(fd)
 
     def write_int(self, path: str, value: int) -> None:
-        """Write one integer with a single write(2), as the kernel expects for sysfs attributes."""
-        fd = os.open(path, os.O_WRONLY)
+        """Write one integer file, opened write-only (``compact_memory`` cannot be read)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, str(value).encode())
+            os.write(fd, b"%d" % value)
         finally:
             os.close(fd)
 
@@ -185,6 +207,8 @@ class Ledger:
     sysfs: str = ""  # the sysfs root of the pools ("" in ledgers written before it was recorded)
 
     def to_json(self) -> str:
+        # Keys in a fixed order and json's defaults (no indent, no sort_keys): dumps then reuses
+        # its ready-made C encoder (ledgers are written on the hot path).
         return json.dumps(
             {
                 "version": LEDGER_VERSION,
@@ -194,13 +218,16 @@ class Ledger:
                 "boot_id": self.boot_id,
                 "sysfs": self.sysfs,
                 "nodes": {str(node): vars(entry) for node, entry in sorted(self.nodes.items())},
-            },
-            sort_keys=True,  # no indent: keeps json's C encoder (ledgers are written on the hot path)
+            }
         )
 
     @classmethod
     def from_json(cls, text: str) -> Ledger:
-        data = json.loads(text)
+        # raw_decode is json.loads without its Python wrappers (ledgers are read on the hot path);
+        # the check after it is what loads adds: nothing may follow the object.
+        data, end = _JSON_DECODER.raw_decode(text)
+        if end != len(text) or not isinstance(data, dict):
+            raise ValueError("not one JSON object")
         if data.get("version") != LEDGER_VERSION or data.get("state") not in STATES:
             raise ValueError("unknown ledger version or state")
         nodes = {int(node): NodeEntry(**entry) for node, entry in data["nodes"].items()}
@@ -258,13 +285,10 @@ def ledger_paths(ledger_dir: str, job_id: str | int) -> list[str]:
 
 def parse_ledger_name(name: str) -> Optional[tuple[str, str]]:
     """``'42.held.json'`` -> ``('42', 'held')``; None for the lock, temporary and foreign files (pure)."""
-    if name.startswith("."):
+    if not name.endswith(".json"):
         return None
-    for suffix, state in _SUFFIXES:
-        if name.endswith(suffix):
-            job_id = name[: -len(suffix)]
-            return (job_id, state) if _JOB_ID_RE.match(job_id) else None
-    return None
+    job_id, _, state = name[:-5].rpartition(".")
+    return (job_id, state) if state in _RANK and _JOB_ID_RE.fullmatch(job_id) else None
 
 
 def release_target(persistent_now: int, added: int, held_by_others: int) -> int:
@@ -284,7 +308,11 @@ def growth_to_undo(persistent_now: int, entry: NodeEntry) -> int:
 
 
 class HugepagePool:
-    """Per-job hugepage reservations on this host's NUMA nodes.  See the module docstring."""
+    """Per-job hugepage reservations on this host's NUMA nodes.  See the module docstring.
+
+    One operation at a time per manager (the pool files of the current one are kept on it): give
+    each thread its own manager.
+    """
 
     def __init__(
         self,
@@ -312,6 +340,9 @@ class HugepagePool:
         self._node_root = os.path.join(self.sysfs_root, "devices/system/node")
         self._boot_id_cache: Optional[str] = None
         self._paths: dict[tuple[int, int], tuple[str, str, str]] = {}  # (node, size) -> nr, surplus, free
+        # The pools' nr_hugepages (read-write) and surplus_hugepages, opened once per locked operation
+        # and closed when it ends (see _pool_files).
+        self._files: dict[tuple[int, int], tuple[int, int]] = {}
 
     @classmethod
     def from_config(cls, config: SiteConfig, **kwargs) -> HugepagePool:
@@ -357,72 +388,87 @@ class HugepagePool:
                 raise HugepageError(f"invalid hugepage plan {pages_per_node!r}: want {{node: pages}} >= 0")
             if pages:
                 wanted[node] = pages
-        with self._locked() as held:
-            existing = held.get(job_id)
-            if existing is not None:
-                asked = {node: entry.asked for node, entry in existing.nodes.items()}
-                if existing.page_size == page_size and asked == wanted:
-                    return self._reservation(existing)
-                raise StateError(
-                    f"job {job_id} already holds {self._describe(existing)}; release it before reserving"
-                    f" {sum(wanted.values())} x {page_size_label(page_size)} again"
-                )
-            ledger = Ledger(job_id, page_size, "growing", self._boot_id(), sysfs=self.sysfs_root)
-            for node, pages in wanted.items():
-                nr, surplus = self._read_pool(node, page_size, check=True)
-                ledger.nodes[node] = NodeEntry(
-                    before=nr - surplus, surplus_before=surplus, asked=pages, target=nr + pages
-                )
-            self._write_ledger(ledger)  # the intent, before any pool changes
-            try:
-                for node, entry in ledger.nodes.items():
-                    entry.added = self._grow_node(node, page_size, entry)
-            except HugepageError as failure:
-                try:
-                    self._undo_growth(ledger)
-                except VcError as undo_failure:
-                    raise HugepageError(
-                        f"{failure}; but the rollback failed too ({undo_failure}): the next reservation"
-                        " or release on this host retries it"
-                    ) from None
-                raise
-            if all(entry.added == entry.target - entry.before for entry in ledger.nodes.values()):
-                self._rename_ledger(ledger, "held")  # the growing record says it all (see _read_file)
-            else:
-                self._write_ledger(ledger, "held")
-            return self._reservation(ledger)
+        fd, held = self._lock()
+        try:
+            return self._reserve_locked(job_id, page_size, wanted, held)
+        finally:
+            self._unlock(fd)
 
     def release(self, job_id: str | int) -> None:
         """Shrink the pools by exactly what ``job_id`` added and delete its ledger.  No-op if none."""
         job_id = _job_id(job_id)
-        with self._locked() as held:
-            # _locked settled interrupted ledgers, so this one (if any) is "held".
+        fd, held = self._lock()
+        try:
+            # _lock settled interrupted ledgers, so this one (if any) is "held".
             ledger = held.pop(job_id, None)
-            if ledger is None:
-                return
-            others = list(held.values())
+            if ledger is not None:
+                self._release_locked(ledger, list(held.values()))
+        finally:
+            self._unlock(fd)
+
+    def _reserve_locked(
+        self, job_id: str, page_size: int, wanted: dict[int, int], held: dict[str, Ledger]
+    ) -> Reservation:
+        """``reserve`` under the lock; ``held``: the settled ledgers by job id."""
+        existing = held.get(job_id)
+        if existing is not None:
+            asked = {node: entry.asked for node, entry in existing.nodes.items()}
+            if existing.page_size == page_size and asked == wanted:
+                return self._reservation(existing)
+            raise StateError(
+                f"job {job_id} already holds {self._describe(existing)}; release it before reserving"
+                f" {sum(wanted.values())} x {page_size_label(page_size)} again"
+            )
+        ledger = Ledger(job_id, page_size, "growing", self._boot_id(), sysfs=self.sysfs_root)
+        for node, pages in wanted.items():
+            nr, surplus = self._read_pool(node, page_size)
+            ledger.nodes[node] = NodeEntry(
+                before=nr - surplus, surplus_before=surplus, asked=pages, target=nr + pages
+            )
+        self._write_ledger(ledger)  # the intent, before any pool changes
+        try:
             for node, entry in ledger.nodes.items():
-                held_by_others = sum(
-                    other.nodes[node].added or 0
-                    for other in others
-                    if other.page_size == ledger.page_size and node in other.nodes
+                entry.added = self._grow_node(node, page_size, entry)
+        except HugepageError as failure:
+            try:
+                self._undo_growth(ledger)
+            except VcError as undo_failure:
+                raise HugepageError(
+                    f"{failure}; but the rollback failed too ({undo_failure}): the next reservation"
+                    " or release on this host retries it"
+                ) from None
+            raise
+        if all(entry.added == entry.target - entry.before for entry in ledger.nodes.values()):
+            self._rename_ledger(ledger, "held")  # the growing record says it all (see _read_file)
+        else:
+            self._write_ledger(ledger, "held")
+        return self._reservation(ledger)
+
+    def _release_locked(self, ledger: Ledger, others: list[Ledger]) -> None:
+        """``release`` of a held ledger under the lock; ``others``: the other jobs' held ledgers."""
+        job_id = ledger.job_id
+        for node, entry in ledger.nodes.items():
+            held_by_others = sum(
+                other.nodes[node].added or 0
+                for other in others
+                if other.page_size == ledger.page_size and node in other.nodes
+            )
+            nr, surplus = self._read_pool(node, ledger.page_size)
+            now = nr - surplus
+            entry.release_from = now
+            entry.release_target = release_target(now, entry.added or 0, held_by_others)
+            if entry.release_target > now - (entry.added or 0):
+                log.warning(
+                    "hugepages: node %d: job %s added %d pages but only %d can go without touching"
+                    " other jobs' pages (the pool was shrunk from outside)",
+                    node,
+                    job_id,
+                    entry.added or 0,
+                    now - entry.release_target,
                 )
-                nr, surplus = self._read_pool(node, ledger.page_size)
-                now = nr - surplus
-                entry.release_from = now
-                entry.release_target = release_target(now, entry.added or 0, held_by_others)
-                if entry.release_target > now - (entry.added or 0):
-                    log.warning(
-                        "hugepages: node %d: job %s added %d pages but only %d can go without touching"
-                        " other jobs' pages (the pool was shrunk from outside)",
-                        node,
-                        job_id,
-                        entry.added or 0,
-                        now - entry.release_target,
-                    )
-            self._write_ledger(ledger, "releasing")
-            # Under the lock since the reads above: P is still release_from on every node.
-            self._finish_release(ledger, observed=True)
+        self._write_ledger(ledger, "releasing")
+        # Under the lock since the reads above: P is still release_from on every node.
+        self._finish_release(ledger, observed=True)
 
     def ledger(self, job_id: str | int) -> Optional[Ledger]:
         """The job's ledger as last written, or None (no lock taken: see _read_job)."""
@@ -447,18 +493,41 @@ class HugepagePool:
             self._paths[(node, page_size)] = paths
         return paths
 
-    def _read_pool(self, node: int, page_size: int, check: bool = False) -> tuple[int, int]:
-        """nr_hugepages and surplus_hugepages: all the decisions need (P = nr - surplus).
+    def _pool_files(self, node: int, page_size: int) -> tuple[int, int]:
+        """nr_hugepages (open read-write) and surplus_hugepages of one pool, opened on its first use
+        in a locked operation and closed by the ``_unlock`` that ends it."""
+        files = self._files.get((node, page_size))
+        if files is None:
+            nr_path, surplus_path, _ = self._pool_paths(node, page_size)
+            try:
+                nr_fd = self.io.open(nr_path, writable=True)
+                try:
+                    files = (nr_fd, self.io.open(surplus_path))
+                except BaseException:
+                    self.io.close(nr_fd)
+                    raise
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    self._checked_pool_dir(node, page_size)  # names a missing node or page size
+                directory = os.path.dirname(nr_path)
+                raise HugepageError(f"cannot open hugepage pool {directory}: {exc.strerror or exc}") from None
+            self._files[(node, page_size)] = files
+        return files
 
-        With ``check``, a pool that does not exist is named the way counts() names it.
-        """
-        nr_path, surplus_path, _ = self._pool_paths(node, page_size)
+    def _close_pool_files(self) -> None:
+        files, self._files = self._files, {}
+        for nr_fd, surplus_fd in files.values():
+            self.io.close(nr_fd)
+            self.io.close(surplus_fd)
+
+    def _read_pool(self, node: int, page_size: int) -> tuple[int, int]:
+        """nr_hugepages and surplus_hugepages: all the decisions need (P = nr - surplus)."""
+        nr_fd, surplus_fd = self._pool_files(node, page_size)
         try:
-            return self.io.read_int(nr_path), self.io.read_int(surplus_path)
+            return self.io.pread_int(nr_fd), self.io.pread_int(surplus_fd)
         except (OSError, ValueError) as exc:
-            if check and isinstance(exc, FileNotFoundError):
-                self._checked_pool_dir(node, page_size)
-            raise HugepageError(f"cannot read hugepage pool {os.path.dirname(nr_path)}: {exc}") from None
+            directory = os.path.dirname(self._pool_paths(node, page_size)[0])
+            raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
 
     def _persistent(self, node: int, page_size: int) -> int:
         nr, surplus = self._read_pool(node, page_size)
@@ -466,10 +535,9 @@ class HugepagePool:
 
     def _grow_node(self, node: int, page_size: int, entry: NodeEntry) -> int:
         """Write the target, compact and retry if short; return the persistent pages added."""
-        nr_path = self._pool_paths(node, page_size)[0]
         attempt = 0
         while True:
-            self._write(nr_path, entry.target)
+            self._write(node, page_size, entry.target)
             now = self._persistent(node, page_size)
             if now >= entry.target:
                 return now - entry.before
@@ -504,7 +572,7 @@ class HugepagePool:
             now = self._persistent(node, ledger.page_size)
             remove = growth_to_undo(now, entry)
             if remove:
-                self._write(self._pool_paths(node, ledger.page_size)[0], now - remove)
+                self._write(node, ledger.page_size, now - remove)
         self._delete_ledger(ledger)
 
     def _finish_release(self, ledger: Ledger, observed: bool = False) -> None:
@@ -519,13 +587,16 @@ class HugepagePool:
             now = entry.release_from if observed else self._persistent(node, ledger.page_size)
             remove = min(now - entry.release_target, entry.release_from - entry.release_target)
             if remove > 0:
-                self._write(self._pool_paths(node, ledger.page_size)[0], now - remove)
+                self._write(node, ledger.page_size, now - remove)
         self._delete_ledger(ledger)
 
-    def _write(self, path: str, value: int) -> None:
+    def _write(self, node: int, page_size: int, value: int) -> None:
+        """Set the pool's nr_hugepages (its persistent count, see the module docstring)."""
+        nr_fd = self._pool_files(node, page_size)[0]
         try:
-            self.io.write_int(path, value)
+            self.io.pwrite_int(nr_fd, value)
         except OSError as exc:
+            path = self._pool_paths(node, page_size)[0]
             raise HugepageError(f"cannot write {value} to {path}: {exc.strerror or exc}") from None
 
     def _checked_pool_dir(self, node: int, page_size: int) -> str:
@@ -542,14 +613,24 @@ class HugepagePool:
 
     # ----------------------------------------------------------------- ledgers and the lock
 
-    @contextmanager
-    def _locked(self) -> Iterator[dict[str, Ledger]]:
-        """Hold the kernel's pool lock, settle ledgers whose writer died (see the docstring), and
-        yield the remaining ("held") ledgers by job id."""
+    def _lock(self) -> tuple[int, dict[str, Ledger]]:
+        """Take the kernel's pool lock and settle the ledgers whose writer died (see the docstring).
+
+        Returns the lock's file descriptor, for the ``_unlock`` that ends the operation (in a
+        ``finally``), and the remaining ledgers, all "held", by job id.
+        """
         fd, what = self._open_lock()
         try:
             _flock(fd, what, time.monotonic() + self.lock_timeout, self.lock_timeout)
-            yield self._settle()
+            return fd, self._settle()
+        except BaseException:
+            self._unlock(fd)
+            raise
+
+    def _unlock(self, fd: int) -> None:
+        """End a locked operation: close the pool files it opened, then drop the lock."""
+        try:
+            self._close_pool_files()
         finally:
             os.close(fd)  # also drops the flock
 
@@ -608,9 +689,9 @@ class HugepagePool:
         except OSError as exc:
             raise StateError(f"cannot read hugepage ledger {path}: {exc.strerror}") from None
         try:
-            chunks = []
-            while chunk := os.read(fd, 65536):  # a ledger is a few hundred bytes: one read
-                chunks.append(chunk)
+            chunks = [os.read(fd, 65536)]  # a ledger is a few hundred bytes: one read, ...
+            while len(chunks[-1]) == 65536:  # ... as a short read of a regular file is its end
+                chunks.append(os.read(fd, 65536))
         except OSError as exc:
             raise StateError(f"cannot read hugepage ledger {path}: {exc.strerror}") from None
         finally:
@@ -792,7 +873,7 @@ def _job_id(job_id: object) -> str:
     """Slurm job ids are numbers; ledgers are named by their text."""
     if isinstance(job_id, int) and not isinstance(job_id, bool):
         job_id = str(job_id)
-    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
         raise StateError(
             f"invalid job id {job_id!r} for a hugepage ledger: use letters, digits, '.', '_', '+', '-'"
         )

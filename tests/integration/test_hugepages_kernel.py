@@ -7,6 +7,7 @@ value only if its own release failed).
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import re
@@ -14,7 +15,7 @@ import re
 import pytest
 
 from slurm_vc.errors import HugepageError, StateError
-from slurm_vc.hugepages import HugepagePool, pool_dir
+from slurm_vc.hugepages import HugepagePool, SysfsIO, pool_dir
 from slurm_vc.units import GIB, MIB
 
 pytestmark = pytest.mark.integration
@@ -95,10 +96,38 @@ def test_reserve_and_release_2m_pages_on_the_real_kernel(real_pool):
     assert before_release - after_release == reservation.added[node]
     assert pool.ledger("it-hp-2m") is None
     writes = []
-    real_write = pool.io.write_int
+    real_write, real_pwrite = pool.io.write_int, pool.io.pwrite_int
     pool.io.write_int = lambda path, value: (writes.append(path), real_write(path, value))
+    pool.io.pwrite_int = lambda fd, value: (writes.append(fd), real_pwrite(fd, value))
     pool.release("it-hp-2m")  # a second release is a no-op
     assert writes == [] and pool.ledger("it-hp-2m") is None
+
+
+def test_a_pread_at_offset_0_shows_the_pool_after_a_pwrite(real_pool):
+    """What the manager relies on: a sysfs attribute kept open shows its current value at each pread
+    at offset 0, and a pwrite at offset 0 sets it, as fresh opens see."""
+    _, nodes, _ = real_pool
+    node = nodes[0]
+    directory = pool_dir(SYSFS, node, M2)
+    io = SysfsIO()
+    lock = os.open(f"{SYSFS}/devices/system/node", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the managers' pool lock: no manager changes the pool meanwhile
+    nr_fd = io.open(f"{directory}/nr_hugepages", writable=True)
+    surplus_fd = io.open(f"{directory}/surplus_hugepages")
+    try:
+        nr, surplus = io.pread_int(nr_fd), io.pread_int(surplus_fd)
+        assert nr == nr_hugepages(node, M2) and nr - surplus == persistent(node, M2)
+        io.pwrite_int(nr_fd, nr + 2)
+        grown = io.pread_int(nr_fd)
+        assert grown == nr_hugepages(node, M2) and grown > nr  # 2 pages (1 if memory is that tight)
+        assert io.pread_int(surplus_fd) == io.read_int(f"{directory}/surplus_hugepages")
+        io.pwrite_int(nr_fd, nr - surplus)  # back to the persistent count found
+        assert io.pread_int(nr_fd) == nr_hugepages(node, M2)
+        assert io.pread_int(nr_fd) - io.pread_int(surplus_fd) == persistent(node, M2) == nr - surplus
+    finally:
+        io.close(nr_fd)
+        io.close(surplus_fd)
+        os.close(lock)
 
 
 def test_reserve_1g_pages_or_roll_back_on_the_real_kernel(real_pool):

@@ -62,6 +62,9 @@ class FakeKernel(SysfsIO):
 
     ``cap[node]`` bounds the pages a node can hold (fragmentation); a compaction write raises it by
     ``compact_gain[node]``.  ``hook(event, path, value)`` lets a test crash before or after a write.
+    ``read_int`` and ``write_int`` (by path) are the kernel; the manager's open files reach it through
+    ``pread_int`` and ``pwrite_int``, by the path each descriptor was opened with.  ``open`` opens the
+    tree's placeholder file, so a pool the tree lacks is a FileNotFoundError as on a real kernel.
     """
 
     _POOL = re.compile(r"/node(\d+)/hugepages/hugepages-(\d+)kB/(nr|free|surplus)_hugepages$")
@@ -73,7 +76,25 @@ class FakeKernel(SysfsIO):
         self.compactions: list[str] = []
         self.pool_writes: list[tuple[int, int, int]] = []
         self.reads: list[str] = []  # "nr", "free" or "surplus", in order
+        self.opens: list[str] = []  # every path opened through open(), in order
+        self.files: dict[int, str] = {}  # open descriptor -> its path
         self.hook = None
+
+    def open(self, path: str, writable: bool = False) -> int:
+        fd = super().open(path, writable)
+        self.opens.append(path)
+        self.files[fd] = path
+        return fd
+
+    def close(self, fd: int) -> None:
+        del self.files[fd]
+        super().close(fd)
+
+    def pread_int(self, fd: int) -> int:
+        return self.read_int(self.files[fd])
+
+    def pwrite_int(self, fd: int, value: int) -> None:
+        self.write_int(self.files[fd], value)
 
     def pool(self, node: int, size: int) -> dict[str, int]:
         return self.pools.setdefault((node, size // 1024), {"persistent": 0, "surplus": 0, "used": 0})
@@ -497,6 +518,8 @@ def test_bad_inputs_are_clear_errors(tmp_path, tree, kernel):
         pool.reserve("../etc/passwd", M2, {0: 1})
     with pytest.raises(StateError, match="invalid job id"):
         pool.release(".lock")
+    with pytest.raises(StateError, match="invalid job id"):
+        pool.reserve("42\n", M2, {0: 1})  # no newline in a ledger's name
     assert nr(kernel, 0) == 0 and pool.list_ledgers() == []
 
 
@@ -663,6 +686,7 @@ def test_ledger_names_are_pure_and_reversible():
     assert parse_ledger_name("7.releasing.json") == ("7", "releasing")
     for foreign in (".lock", ".7.json.123.tmp", "7.json", "7.done.json", ".held.json", "notes.txt"):
         assert parse_ledger_name(foreign) is None
+    assert parse_ledger_name("7\n.held.json") is None  # a job id never ends with a newline
     assert ledger_paths("/run/x", 7) == [
         "/run/x/7.growing.json",
         "/run/x/7.held.json",
@@ -780,3 +804,73 @@ def test_hot_path_reads_only_what_the_decisions_need(tmp_path, tree, kernel):
     pool.release("1")
     assert kernel.reads == ["nr", "surplus"]  # the shrink reuses the reading taken under the lock
     assert nr(kernel, 0) == 0
+
+
+# ------------------------------------------------------------------ pool files, opened once per operation
+
+
+def pool_file(tree, node: int, name: str, size: int = M2) -> str:
+    return os.path.join(pool_dir(tree[0], node, size), name)
+
+
+def test_each_pool_file_is_opened_once_per_operation_and_closed_after_it(tmp_path, tree, kernel):
+    pool = make_pool(tmp_path, tree, kernel)
+    pool.reserve("1", M2, {0: 8, 1: 2})  # read, write, read back: on the same two files per pool
+    assert kernel.opens == [
+        pool_file(tree, 0, "nr_hugepages"),
+        pool_file(tree, 0, "surplus_hugepages"),
+        pool_file(tree, 1, "nr_hugepages"),
+        pool_file(tree, 1, "surplus_hugepages"),
+    ]
+    assert kernel.files == {} and len(kernel.pool_writes) == 2
+    kernel.opens.clear()
+    pool.release("1")
+    assert len(kernel.opens) == 4 and kernel.files == {}
+    assert (nr(kernel, 0), nr(kernel, 1)) == (0, 0)
+    pool.release("1")  # nothing to release: no pool is opened
+    assert len(kernel.opens) == 4
+
+
+def test_pool_files_are_closed_when_the_operation_fails_or_dies(tmp_path, tree):
+    kernel = FakeKernel(cap={0: 3})
+    pool = make_pool(tmp_path, tree, kernel, compact_retries=1)
+    with pytest.raises(HugepageError, match="wanted 4 more"):
+        pool.reserve("short", M2, {0: 4})
+    assert kernel.files == {} and nr(kernel, 0) == 0
+    crash_at(kernel, "after")
+    with pytest.raises(Crash):
+        pool.reserve("dead", M2, {0: 2})
+    assert kernel.files == {} and nr(kernel, 0) == 2
+    pool.release("other")  # settling the dead reservation opens the pool too
+    assert kernel.files == {} and nr(kernel, 0) == 0
+
+
+def test_a_pool_that_cannot_be_opened_fails_before_the_intent_is_written(tmp_path, tree, kernel, monkeypatch):
+    pool = make_pool(tmp_path, tree, kernel)
+    real_open = kernel.open
+
+    def open_(path: str, writable: bool = False) -> int:
+        if writable:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, writable)
+
+    monkeypatch.setattr(kernel, "open", open_)
+    with pytest.raises(HugepageError, match=r"cannot open hugepage pool .*/node0/.*: Permission denied"):
+        pool.reserve("1", M2, {0: 1})
+    assert pool.ledger("1") is None and nr(kernel, 0) == 0 and kernel.files == {}
+
+
+def test_the_real_sysfs_io_rereads_and_rewrites_at_offset_0(tmp_path):
+    """On a plain file as on sysfs: each pread_int reads from the start, each pwrite_int writes there."""
+    path = tmp_path / "nr_hugepages"
+    path.write_text("7\n")
+    io = SysfsIO()
+    fd = io.open(str(path), writable=True)
+    try:
+        assert io.pread_int(fd) == 7 and io.pread_int(fd) == 7
+        io.pwrite_int(fd, 9)
+        assert io.pread_int(fd) == 9 and path.read_text() == "9\n"
+    finally:
+        io.close(fd)
+    io.write_int(str(path), 5)
+    assert io.read_int(str(path)) == 5
