@@ -509,7 +509,6 @@ def plain_qemu_boot(
             log.close()
             procs.append((directory, proc))
         ready: dict[int, float] = {}
-        uptime: dict[int, Optional[float]] = {}
         deadline = started + timeout
         while len(ready) < len(procs):
             if time.monotonic() > deadline:
@@ -517,22 +516,22 @@ def plain_qemu_boot(
             for index, (directory, proc) in enumerate(procs):
                 if index in ready:
                     continue
-                texts = [jobwatch.read_text(log) for log in directory.glob("*.log")]
-                if any(READY_TEXT in text for text in texts):
+                if any(READY_TEXT in jobwatch.read_text(log) for log in directory.glob("*.log")):
                     ready[index] = time.monotonic() - started
                 elif proc.poll() is not None:
                     log_text = jobwatch.read_text(directory / "qemu.log")
                     raise SystemExit(f"plain QEMU exited {proc.returncode}: {log_text}")
             time.sleep(0.02)
-        for index, (directory, _) in enumerate(procs):  # the uptime line follows the ready line
-            for _ in range(50):
-                found = [guest_uptime(jobwatch.read_text(log)) for log in directory.glob("*.log")]
-                uptime[index] = next((value for value in found if value is not None), None)
-                if uptime[index] is not None:
-                    break
-                time.sleep(0.02)
         last = max(ready, key=lambda index: ready[index])
-        return ready[last], uptime[last]
+        directory = procs[last][0]
+        uptime = None
+        for _ in range(50):  # the slowest guest's uptime line follows its ready line
+            found = [guest_uptime(jobwatch.read_text(log)) for log in directory.glob("*.log")]
+            uptime = next((value for value in found if value is not None), None)
+            if uptime is not None:
+                break
+            time.sleep(0.02)
+        return ready[last], uptime
     finally:
         for _, proc in procs:  # ours, by PID
             if proc.poll() is None:
