@@ -12,6 +12,10 @@ with the manager set up four ways:
   tmpfs:       the same, ledgers under /dev/shm (a tmpfs even where /run is not one)
   disk:        ledgers under a state dir on disk (/var/tmp), no fsync (the default before runtime_dir)
   disk+fsync:  the same with fsync of every ledger and of the directory (with --fsync)
+  floor:       (with --floor) the protocol's floor: the system calls the manager makes for one
+               reserve+release on one node (lock, boot id, listing, pool reads, intent, grow,
+               read-back, rename, release line, shrink, unlink) with no other Python around them:
+               no checks, no settling, no error handling, ledgers in the default variant's place
 The order is shuffled every round (seeded) so page cache, compaction and writeback effects hit every
 variant alike (a fixed rotation always ran the same variant right after raw); one warm-up round per
 size is discarded.  --pause S sleeps before each timing: every variant then starts with cold caches,
@@ -22,13 +26,14 @@ Prints the file system of each ledger directory, medians and the manager/raw rat
 
     sudo .venv/bin/python bench/bench_hugepages.py [--rounds 15] [--node 0] [--sizes 1,4,8]
         [--run-parent /run] [--state-parent /var/tmp] [--tmpfs-parent /dev/shm] [--fsync]
-        [--pause 0] [--seed 1] [--baseline COMMIT]
+        [--pause 0] [--seed 1] [--baseline COMMIT] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import platform
 import random
@@ -77,6 +82,67 @@ def hugepages_at(commit: str) -> ModuleType:
     return module
 
 
+class ProtocolFloor:
+    """The manager's system calls for one reserve+release on one node, and nothing else."""
+
+    def __init__(self, ledger_dir: str, node: int):
+        self.ledger_dir = ledger_dir
+        self.pool = pool_dir("/sys", node, M2)
+        self.node = node
+
+    def reserve(self, job: str, pages: int) -> int:
+        lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+        boot_id = os.read(fd, 64).strip()
+        os.close(fd)
+        os.listdir(self.ledger_dir)
+        nr = os.open(f"{self.pool}/nr_hugepages", os.O_RDWR | os.O_CLOEXEC)
+        surplus = os.open(f"{self.pool}/surplus_hugepages", os.O_RDONLY | os.O_CLOEXEC)
+        before, adopted = int(os.pread(nr, 64, 0)), int(os.pread(surplus, 64, 0))
+        path = f"{self.ledger_dir}/{job}.growing.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        os.write(
+            fd,
+            b'{"version":1,"job_id":"%s","page_size":%d,"state":"growing","boot_id":"%s","sysfs":"/sys",'
+            b'"nodes":{"%d":{"before":%d,"surplus_before":%d,"asked":%d,"target":%d,"added":null,'
+            b'"release_from":null,"release_target":null}}}'
+            % (job.encode(), M2, boot_id, self.node, before - adopted, adopted, pages, before + pages),
+        )
+        os.close(fd)
+        os.pwrite(nr, b"%d" % (before + pages), 0)
+        added = int(os.pread(nr, 64, 0)) - int(os.pread(surplus, 64, 0)) - (before - adopted)
+        os.rename(path, f"{self.ledger_dir}/{job}.held.json")
+        os.close(nr)
+        os.close(surplus)
+        os.close(lock)
+        return added
+
+    def release(self, job: str) -> None:
+        lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+        os.read(fd, 64)
+        os.close(fd)
+        os.listdir(self.ledger_dir)
+        path = f"{self.ledger_dir}/{job}.held.json"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        entry = json.loads(os.read(fd, 65536))["nodes"][str(self.node)]
+        os.close(fd)
+        nr = os.open(f"{self.pool}/nr_hugepages", os.O_RDWR | os.O_CLOEXEC)
+        surplus = os.open(f"{self.pool}/surplus_hugepages", os.O_RDONLY | os.O_CLOEXEC)
+        now = int(os.pread(nr, 64, 0)) - int(os.pread(surplus, 64, 0))
+        target = now - (entry["target"] - entry["before"])
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        os.write(fd, b'\n{"release":{"%d":[%d,%d]}}' % (self.node, now, target))
+        os.close(fd)
+        os.pwrite(nr, b"%d" % target, 0)
+        os.unlink(path)
+        os.close(nr)
+        os.close(surplus)
+        os.close(lock)
+
+
 class Bench:
     def __init__(
         self,
@@ -86,6 +152,7 @@ class Bench:
         tmpfs_parent: str,
         fsync: bool,
         baseline: Optional[str] = None,
+        floor: bool = False,
     ):
         self.node = node
         self.nr_path = os.path.join(pool_dir("/sys", node, M2), "nr_hugepages")
@@ -109,6 +176,10 @@ class Bench:
             self.factories[f"{baseline[:7]} disk"] = lambda: old(os.path.join(state_dir, "old"))
             self.factories[f"{baseline[:7]} tmpfs"] = lambda: old(os.path.join(tmpfs_dir, "old"))
         self.pools = {name: factory() for name, factory in self.factories.items()}
+        self.floor: Optional[ProtocolFloor] = None
+        if floor:
+            self.floor = ProtocolFloor(self.pools["default"].ledger_dir, node)
+            os.makedirs(self.floor.ledger_dir, exist_ok=True)
         self.raw_outstanding = 0  # pages a raw round added and has not taken back yet
         self.disturbed = 0  # rounds where the pool did not move by exactly the pages asked
         self.job = 0
@@ -158,6 +229,18 @@ class Bench:
             self.disturbed += 1
         return took
 
+    def protocol_floor(self, pages: int) -> float:
+        assert self.floor is not None
+        self.job += 1
+        job = f"floor-{os.getpid()}-{self.job}"
+        start = time.perf_counter()
+        added = self.floor.reserve(job, pages)
+        self.floor.release(job)
+        took = time.perf_counter() - start
+        if added != pages:
+            self.disturbed += 1
+        return took
+
     def restore(self) -> None:
         try:
             for pool in self.pools.values():
@@ -182,14 +265,23 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0, help="seconds of idle before each timing")
     parser.add_argument("--seed", type=int, default=1, help="of the per-round shuffle of the variants")
     parser.add_argument("--baseline", help="also time the manager of this git commit (disk and tmpfs)")
+    parser.add_argument("--floor", action="store_true", help="also time the protocol's bare system calls")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_hugepages: needs root (writes the kernel's hugepage pools)", file=sys.stderr)
         return 2
-    bench = Bench(args.node, args.run_parent, args.state_parent, args.tmpfs_parent, args.fsync, args.baseline)
+    bench = Bench(
+        args.node,
+        args.run_parent,
+        args.state_parent,
+        args.tmpfs_parent,
+        args.fsync,
+        args.baseline,
+        floor=args.floor,
+    )
     start_pool = bench.persistent()
     load_before = f"{os.getloadavg()[0]:.2f}"
-    variants = ["raw", *bench.pools]
+    variants = ["raw", *bench.pools, *(["floor"] if args.floor else [])]
     shuffle = random.Random(args.seed)
     results = []
     try:
@@ -201,7 +293,12 @@ def main() -> int:
                 shuffle.shuffle(order)  # a fixed rotation would always put the same variant after raw
                 for variant in order:
                     time.sleep(args.pause)  # > 0: every timing starts with cold caches (after a sleep)
-                    took = bench.raw(pages) if variant == "raw" else bench.manager(variant, pages)
+                    if variant == "raw":
+                        took = bench.raw(pages)
+                    elif variant == "floor":
+                        took = bench.protocol_floor(pages)
+                    else:
+                        took = bench.manager(variant, pages)
                     if round_index:  # round 0 warms up
                         times[variant].append(took)
             medians = {variant: statistics.median(values) for variant, values in times.items()}
@@ -216,10 +313,10 @@ def main() -> int:
     print(f"# load average before/after: {load_before} / {os.getloadavg()[0]:.2f}")
     for name, pool in bench.pools.items():
         print(f"# {name}: ledgers in {pool.ledger_dir} ({file_system(pool.ledger_dir)}), fsync={pool.fsync}")
-    managers = list(bench.pools)
+    managers = list(bench.pools) + (["floor"] if args.floor else [])
     print(
         "| size | pages | raw sysfs (ms) | "
-        + " | ".join(f"manager, {name} (ms) | ratio" for name in managers)
+        + " | ".join(f"{'' if name == 'floor' else 'manager, '}{name} (ms) | ratio" for name in managers)
         + " |"
     )
     print("|---|---|---|" + "---|---|" * len(managers))

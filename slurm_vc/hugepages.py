@@ -12,7 +12,8 @@ Files::
     <sysfs>/devices/system/node/nodeN/hugepages/hugepages-<KB>kB/{nr,surplus}_hugepages
     <sysfs>/devices/system/node/nodeN/compact       (else <proc>/sys/vm/compact_memory)
     <sysfs>/devices/system/node                     exclusive flock, bounded wait -> StateError
-    <ledger_dir>/<job_id>.<state>.json              one ledger per job (tmp + rename, atomic)
+    <ledger_dir>/<job_id>.growing.json              one ledger per job: the intent, one write(2)
+    <ledger_dir>/<job_id>.held.json                 renamed from growing; a release record is appended
     <ledger_dir>/.lock                              the lock instead, only if the sysfs dir is missing
 
 Under the lock, an operation opens each pool's ``nr_hugepages`` (read-write) and
@@ -36,14 +37,25 @@ records its manager's sysfs root; a manager that finds a ledger of another sysfs
 directory refuses to go on (StateError) rather than apply another kernel's ledger to its pools.
 Writers that bypass the manager are not covered.
 
-A ledger moves ``growing -> held -> releasing -> (deleted)``, each state in a file of its own: the
-next state's file is renamed into place, then the previous one is unlinked.  No rename ever
-replaces an existing file, which on ext4 (a runtime_dir that is not a tmpfs) would start writeback
-and make the next unlink wait for the disk.  If a crash leaves two files of one job, the more
-advanced state is the truth (it was written later); the next locked operation removes the other.
-A grow that got exactly its target on every node (the normal case) moves to ``held`` by a rename of
-its ``growing`` file alone: a ``held`` file whose record still says ``growing`` reads as held with
-``added = target - before`` on every node.
+A ledger moves ``growing -> held -> releasing -> (deleted)``:
+
+* ``growing``: ``<job>.growing.json`` is created (``O_EXCL``) and written by one write(2) before the
+  first pool write.  A growing file that is empty or cannot be parsed therefore means its writer died
+  before it changed any pool; whoever finds it under the lock removes it.
+* ``held``: a grow that got exactly its target on every node (the normal case) renames the growing
+  file to ``<job>.held.json``, content unchanged: a held file whose record still says ``growing``
+  reads as held with ``added = target - before`` on every node.  Otherwise the held record is written
+  in full to a new file (tmp + rename), then the growing file is unlinked.
+* ``releasing``: the release targets are appended to the held file as a second line, by one write(2)
+  before the first shrink; a held file with a complete release line reads as releasing.  A torn
+  release line (the writer died in that write, before any shrink) is ignored: the ledger is held.
+* deleted once every pool is shrunk.
+
+No rename ever replaces an existing file, which on ext4 (a runtime_dir that is not a tmpfs) would
+start writeback and make the next unlink wait for the disk.  If a crash leaves two files of one
+job, the more advanced state is the truth (it was written later); the next locked operation removes
+the other.  (Versions before the appended release line wrote ``<job>.releasing.json``; such a file
+is still read, as the more advanced state.)
 
 Counting in persistent pages
 ----------------------------
@@ -77,7 +89,7 @@ see only the dead writer's work (plus outside writers, which no scheme can tell 
   removes more than the job could have added, and a pool an outsider shrank is not shrunk further.
   The reservation never returned, so no guest relies on those pages; ``reserve`` may simply be run
   again.  A later ``release`` of that job is a no-op.
-* ``releasing`` (written before the first shrink; records ``release_from`` = P then and the
+* ``releasing`` (appended before the first shrink; records ``release_from`` = P then and the
   ``release_target``): the shrink is finished by writing ``P_now - min(P_now - target,
   release_from - target)`` where positive, so a crash after the sysfs write never subtracts twice.
 
@@ -124,6 +136,7 @@ STATES = ("growing", "held", "releasing")  # in the order a ledger moves through
 _RANK = {state: rank for rank, state in enumerate(STATES)}
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # fullmatch: "$" would allow a final "\n"
 _JSON_DECODER = json.JSONDecoder()
+_JSON_STR = json.encoder.encode_basestring_ascii  # C where available: a quoted, escaped JSON string
 
 
 class SysfsIO:
@@ -205,21 +218,38 @@ class Ledger:
     boot_id: str
     nodes: dict[int, NodeEntry] = field(default_factory=dict)
     sysfs: str = ""  # the sysfs root of the pools ("" in ledgers written before it was recorded)
+    file_state: str = field(default="", compare=False)  # the state in its file's name (not stored)
 
     def to_json(self) -> str:
-        # Keys in a fixed order and json's defaults (no indent, no sort_keys): dumps then reuses
-        # its ready-made C encoder (ledgers are written on the hot path).
-        return json.dumps(
-            {
-                "version": LEDGER_VERSION,
-                "job_id": self.job_id,
-                "page_size": self.page_size,
-                "state": self.state,
-                "boot_id": self.boot_id,
-                "sysfs": self.sysfs,
-                "nodes": {str(node): vars(entry) for node, entry in sorted(self.nodes.items())},
-            }
+        """The ledger as one line of JSON (no newline anywhere: a release line may follow it)."""
+        # Formatted here rather than by json.dumps of a dict, which costs several times more on the
+        # hot path: the values are integers, None and three strings (escaped by json's encoder).
+        nodes = ",".join(
+            f'"{node:d}":{{"before":{e.before:d},"surplus_before":{e.surplus_before:d},'
+            f'"asked":{e.asked:d},"target":{e.target:d},"added":{_json_int(e.added)},'
+            f'"release_from":{_json_int(e.release_from)},"release_target":{_json_int(e.release_target)}}}'
+            for node, e in sorted(self.nodes.items())
         )
+        return (
+            f'{{"version":{LEDGER_VERSION:d},"job_id":{_JSON_STR(self.job_id)},"page_size":{self.page_size:d},'
+            f'"state":{_JSON_STR(self.state)},"boot_id":{_JSON_STR(self.boot_id)},'
+            f'"sysfs":{_JSON_STR(self.sysfs)},"nodes":{{{nodes}}}}}'
+        )
+
+    def release_json(self) -> str:
+        """The release line appended to a held file: per node ``[release_from, release_target]``."""
+        pairs = ",".join(
+            f'"{node:d}":[{e.release_from:d},{e.release_target:d}]' for node, e in sorted(self.nodes.items())
+        )
+        return f'{{"release":{{{pairs}}}}}'
+
+    def apply_release(self, release: dict[int, tuple[int, int]]) -> None:
+        """Read as releasing with these targets (from a held file's release line)."""
+        if set(release) != set(self.nodes):
+            raise ValueError(f"release line names nodes {sorted(release)}, the ledger {sorted(self.nodes)}")
+        for node, (release_from, target) in release.items():
+            self.nodes[node].release_from, self.nodes[node].release_target = release_from, target
+        self.state = "releasing"
 
     @classmethod
     def from_json(cls, text: str) -> Ledger:
@@ -256,6 +286,27 @@ class Reservation:
         self.pool.release(self.job_id)
 
 
+def _json_int(value: Optional[int]) -> str:
+    return "null" if value is None else f"{value:d}"
+
+
+def parse_release_line(tail: str) -> Optional[dict[int, tuple[int, int]]]:
+    """The last complete release line after a held ledger's first line, None if there is none (pure).
+
+    A line that does not parse is a release whose writer died in its write(2), before any shrink:
+    it is ignored (see the module docstring).
+    """
+    for line in reversed(tail.split("\n")):
+        try:
+            data, end = _JSON_DECODER.raw_decode(line)
+            if end != len(line):
+                continue
+            return {int(node): (int(pair[0]), int(pair[1])) for node, pair in data["release"].items()}
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            continue
+    return None
+
+
 def page_size_label(page_size: int) -> str:
     """2097152 -> '2M'."""
     return format_size(page_size)
@@ -270,7 +321,7 @@ def pool_dir(sysfs_root: str, node: int, page_size: int) -> str:
 
 def ledger_dir_of(config: SiteConfig) -> str:
     """Where the site's hugepage ledgers live: ``<runtime_dir>/hugepages``."""
-    return os.path.join(config.runtime_dir, LEDGER_SUBDIR)
+    return f"{config.runtime_dir.rstrip('/')}/{LEDGER_SUBDIR}"
 
 
 def ledger_name(job_id: str, state: str) -> str:
@@ -327,7 +378,7 @@ class HugepagePool:
         ledger_dir: Optional[str] = None,
     ):
         self.state_dir = state_dir
-        self.ledger_dir = ledger_dir or os.path.join(state_dir, LEDGER_SUBDIR)
+        self.ledger_dir = ledger_dir or f"{state_dir.rstrip('/')}/{LEDGER_SUBDIR}"
         self.sysfs_root = os.path.normpath(sysfs_root)
         self.proc_root = proc_root
         self.lock_timeout = lock_timeout
@@ -337,9 +388,9 @@ class HugepagePool:
         # a power cut or reboot empties the pools too, and ledgers from an earlier boot are dropped
         # by boot id.  So fsync buys nothing and costs 3-20 ms per reserve+release; off by default.
         self.fsync = fsync
-        self._node_root = os.path.join(self.sysfs_root, "devices/system/node")
+        self._node_root = f"{self.sysfs_root.rstrip('/')}/devices/system/node"
         self._boot_id_cache: Optional[str] = None
-        self._paths: dict[tuple[int, int], tuple[str, str, str]] = {}  # (node, size) -> nr, surplus, free
+        self._locked = False  # inside a locked operation: only then may a torn intent be removed
         # The pools' nr_hugepages (read-write) and surplus_hugepages, opened once per locked operation
         # and closed when it ends (see _pool_files).
         self._files: dict[tuple[int, int], tuple[int, int]] = {}
@@ -359,16 +410,15 @@ class HugepagePool:
 
     def counts(self, node: int, page_size: int) -> PoolCounts:
         """Read one node's pool.  Raises HugepageError if the kernel has no such pool."""
-        self._checked_pool_dir(node, page_size)
-        nr_path, surplus_path, free_path = self._pool_paths(node, page_size)
+        directory = self._checked_pool_dir(node, page_size)
         try:
             return PoolCounts(
-                nr=self.io.read_int(nr_path),
-                free=self.io.read_int(free_path),
-                surplus=self.io.read_int(surplus_path),
+                nr=self.io.read_int(f"{directory}/nr_hugepages"),
+                free=self.io.read_int(f"{directory}/free_hugepages"),
+                surplus=self.io.read_int(f"{directory}/surplus_hugepages"),
             )
         except (OSError, ValueError) as exc:
-            raise HugepageError(f"cannot read hugepage pool {os.path.dirname(nr_path)}: {exc}") from None
+            raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
 
     def reserve(self, job_id: str | int, page_size: int, pages_per_node: dict[int, int]) -> Reservation:
         """Grow each node's pool by ``pages_per_node[node]`` pages of ``page_size`` bytes for ``job_id``.
@@ -425,7 +475,7 @@ class HugepagePool:
             ledger.nodes[node] = NodeEntry(
                 before=nr - surplus, surplus_before=surplus, asked=pages, target=nr + pages
             )
-        self._write_ledger(ledger)  # the intent, before any pool changes
+        self._write_intent(ledger)  # before any pool changes
         try:
             for node, entry in ledger.nodes.items():
                 entry.added = self._grow_node(node, page_size, entry)
@@ -466,7 +516,7 @@ class HugepagePool:
                     entry.added or 0,
                     now - entry.release_target,
                 )
-        self._write_ledger(ledger, "releasing")
+        self._append_release(ledger)
         # Under the lock since the reads above: P is still release_from on every node.
         self._finish_release(ledger, observed=True)
 
@@ -480,39 +530,31 @@ class HugepagePool:
 
     # ----------------------------------------------------------------- growing and shrinking
 
-    def _pool_paths(self, node: int, page_size: int) -> tuple[str, str, str]:
-        """nr_hugepages, surplus_hugepages and free_hugepages of one pool (computed once)."""
-        paths = self._paths.get((node, page_size))
-        if paths is None:
-            directory = f"{self._node_root}/node{node}/hugepages/hugepages-{page_size // KIB}kB"  # pool_dir
-            paths = (
-                f"{directory}/nr_hugepages",
-                f"{directory}/surplus_hugepages",
-                f"{directory}/free_hugepages",
-            )
-            self._paths[(node, page_size)] = paths
-        return paths
+    def _pool_dir(self, node: int, page_size: int) -> str:
+        """The sysfs directory of one pool (as ``pool_dir``, without its path joins)."""
+        return f"{self._node_root}/node{node}/hugepages/hugepages-{page_size // KIB}kB"
 
     def _pool_files(self, node: int, page_size: int) -> tuple[int, int]:
         """nr_hugepages (open read-write) and surplus_hugepages of one pool, opened on its first use
         in a locked operation and closed by the ``_unlock`` that ends it."""
         files = self._files.get((node, page_size))
         if files is None:
-            nr_path, surplus_path, _ = self._pool_paths(node, page_size)
-            try:
-                nr_fd = self.io.open(nr_path, writable=True)
-                try:
-                    files = (nr_fd, self.io.open(surplus_path))
-                except BaseException:
-                    self.io.close(nr_fd)
-                    raise
-            except OSError as exc:
-                if isinstance(exc, FileNotFoundError):
-                    self._checked_pool_dir(node, page_size)  # names a missing node or page size
-                directory = os.path.dirname(nr_path)
-                raise HugepageError(f"cannot open hugepage pool {directory}: {exc.strerror or exc}") from None
-            self._files[(node, page_size)] = files
+            files = self._files[(node, page_size)] = self._open_pool(node, page_size)
         return files
+
+    def _open_pool(self, node: int, page_size: int) -> tuple[int, int]:
+        directory = self._pool_dir(node, page_size)
+        try:
+            nr_fd = self.io.open(f"{directory}/nr_hugepages", writable=True)
+            try:
+                return nr_fd, self.io.open(f"{directory}/surplus_hugepages")
+            except BaseException:
+                self.io.close(nr_fd)
+                raise
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                self._checked_pool_dir(node, page_size)  # names a missing node or page size
+            raise HugepageError(f"cannot open hugepage pool {directory}: {exc.strerror or exc}") from None
 
     def _close_pool_files(self) -> None:
         files, self._files = self._files, {}
@@ -526,7 +568,7 @@ class HugepagePool:
         try:
             return self.io.pread_int(nr_fd), self.io.pread_int(surplus_fd)
         except (OSError, ValueError) as exc:
-            directory = os.path.dirname(self._pool_paths(node, page_size)[0])
+            directory = self._pool_dir(node, page_size)
             raise HugepageError(f"cannot read hugepage pool {directory}: {exc}") from None
 
     def _persistent(self, node: int, page_size: int) -> int:
@@ -596,7 +638,7 @@ class HugepagePool:
         try:
             self.io.pwrite_int(nr_fd, value)
         except OSError as exc:
-            path = self._pool_paths(node, page_size)[0]
+            path = f"{self._pool_dir(node, page_size)}/nr_hugepages"
             raise HugepageError(f"cannot write {value} to {path}: {exc.strerror or exc}") from None
 
     def _checked_pool_dir(self, node: int, page_size: int) -> str:
@@ -622,6 +664,7 @@ class HugepagePool:
         fd, what = self._open_lock()
         try:
             _flock(fd, what, time.monotonic() + self.lock_timeout, self.lock_timeout)
+            self._locked = True
             return fd, self._settle()
         except BaseException:
             self._unlock(fd)
@@ -629,6 +672,7 @@ class HugepagePool:
 
     def _unlock(self, fd: int) -> None:
         """End a locked operation: close the pool files it opened, then drop the lock."""
+        self._locked = False
         try:
             self._close_pool_files()
         finally:
@@ -696,9 +740,17 @@ class HugepagePool:
             raise StateError(f"cannot read hugepage ledger {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
+        head, _, tail = b"".join(chunks).decode("utf-8", "replace").partition("\n")
         try:
-            ledger = Ledger.from_json(b"".join(chunks).decode())
+            ledger = Ledger.from_json(head)
         except (ValueError, KeyError, TypeError) as exc:
+            if state == "growing":
+                # One write(2) before any pool write: the writer died before changing a pool, or
+                # (seen without the lock) is about to write it.
+                if self._locked:
+                    log.warning("hugepages: removing the unfinished intent %s (no pool was changed)", path)
+                    self._unlink(path)
+                return None
             if self._predates_boot(path):
                 log.warning("hugepages: removing unreadable ledger %s from an earlier boot", path)
                 self._unlink(path)
@@ -716,6 +768,17 @@ class HugepagePool:
                 f"hugepage ledger {path} is of job {ledger.job_id} in state {ledger.state}, not {job_id}"
                 f" in state {state}"
             )
+        ledger.file_state = state
+        if tail and state == "held":
+            release = parse_release_line(tail)
+            if release is not None:
+                try:
+                    ledger.apply_release(release)
+                except ValueError as exc:
+                    raise StateError(
+                        f"hugepage ledger {path} is corrupt ({exc}); check the pools under"
+                        f" {self._node_root} and remove the file"
+                    ) from None
         return ledger
 
     def _read_job(self, job_id: str) -> Optional[Ledger]:
@@ -759,11 +822,47 @@ class HugepagePool:
                 ledgers.append(ledger)
         return ledgers, stale
 
-    def _write_ledger(self, ledger: Ledger, state: Optional[str] = None) -> None:
-        """Write ``ledger`` (moved to ``state`` if given) as a new file, then drop its previous one."""
-        previous = None
-        if state is not None:
-            previous, ledger.state = ledger.state, state
+    def _write_intent(self, ledger: Ledger) -> None:
+        """Create ``<job>.growing.json`` by one write(2) (see the module docstring)."""
+        path = f"{self.ledger_dir}/{ledger.job_id}.growing.json"
+        data = ledger.to_json().encode()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
+                fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot create hugepage ledger {path}: {exc.strerror}") from None
+        try:
+            try:
+                _write_all_at_once(fd, data, self.fsync)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._unlink(path)  # no pool has changed
+            raise StateError(f"cannot write hugepage ledger {path}: {exc.strerror}") from None
+        self._sync_dir()
+        ledger.file_state = "growing"
+
+    def _append_release(self, ledger: Ledger) -> None:
+        """Append the release line to the held file by one write(2); the ledger is then releasing."""
+        path = f"{self.ledger_dir}/{ledger.job_id}.{ledger.file_state}.json"
+        data = b"\n" + ledger.release_json().encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                _write_all_at_once(fd, data, self.fsync)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a torn line reads as no release: the job still holds its pages
+            raise StateError(f"cannot append to hugepage ledger {path}: {exc.strerror}") from None
+        ledger.state = "releasing"
+
+    def _write_ledger(self, ledger: Ledger, state: str) -> None:
+        """Write ``ledger`` moved to ``state`` as a new file (tmp + rename), then drop its previous one."""
+        previous, ledger.state = ledger.file_state, state
         path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}"
         tmp = f"{self.ledger_dir}/.{ledger.job_id}.json.{os.getpid()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -783,21 +882,22 @@ class HugepagePool:
             self._sync_dir()
         except OSError as exc:
             raise StateError(f"cannot write hugepage ledger {path}: {exc.strerror}") from None
-        if previous is not None:
+        ledger.file_state = state
+        if previous:
             self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, previous)}")
 
     def _rename_ledger(self, ledger: Ledger, state: str) -> None:
         """Move ``ledger`` to ``state`` by renaming its file, content unchanged (one syscall)."""
-        path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}"
+        path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.file_state)}"
         try:
             os.rename(path, f"{self.ledger_dir}/{ledger_name(ledger.job_id, state)}")
         except OSError as exc:
             raise StateError(f"cannot rename hugepage ledger {path}: {exc.strerror}") from None
         self._sync_dir()
-        ledger.state = state
+        ledger.state = ledger.file_state = state
 
     def _delete_ledger(self, ledger: Ledger) -> None:
-        self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}")
+        self._unlink(f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.file_state)}")
 
     def _unlink(self, path: str) -> None:
         try:
@@ -869,10 +969,20 @@ def _flock(fd: int, what: str, deadline: float, timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+def _write_all_at_once(fd: int, data: bytes, fsync: bool) -> None:
+    """One write(2) of ``data`` (a short write is an error), then fsync if asked."""
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, "short write")
+    if fsync:
+        os.fsync(fd)
+
+
 def _job_id(job_id: object) -> str:
     """Slurm job ids are numbers; ledgers are named by their text."""
     if isinstance(job_id, int) and not isinstance(job_id, bool):
         job_id = str(job_id)
+    if isinstance(job_id, str) and job_id.isdigit() and job_id.isascii() and len(job_id) <= 128:
+        return job_id  # the usual case, without the regex
     if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
         raise StateError(
             f"invalid job id {job_id!r} for a hugepage ledger: use letters, digits, '.', '_', '+', '-'"
