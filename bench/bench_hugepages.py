@@ -90,13 +90,18 @@ class ProtocolFloor:
         self.pool = pool_dir("/sys", node, M2)
         self.node = node
 
-    def reserve(self, job: str, pages: int) -> int:
+    def begin(self) -> tuple[int, bytes]:
+        """Take the pool lock, read the boot id, list the ledgers: how every operation starts."""
         lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(lock, fcntl.LOCK_EX)
         fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
         boot_id = os.read(fd, 64).strip()
         os.close(fd)
         os.listdir(self.ledger_dir)
+        return lock, boot_id
+
+    def reserve(self, job: str, pages: int) -> int:
+        lock, boot_id = self.begin()
         nr = os.open(f"{self.pool}/nr_hugepages", os.O_RDWR | os.O_CLOEXEC)
         surplus = os.open(f"{self.pool}/surplus_hugepages", os.O_RDONLY | os.O_CLOEXEC)
         before, adopted = int(os.pread(nr, 64, 0)), int(os.pread(surplus, 64, 0))
@@ -119,12 +124,7 @@ class ProtocolFloor:
         return added
 
     def release(self, job: str) -> None:
-        lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
-        os.read(fd, 64)
-        os.close(fd)
-        os.listdir(self.ledger_dir)
+        lock, _ = self.begin()
         path = f"{self.ledger_dir}/{job}.held.json"
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         entry = json.loads(os.read(fd, 65536))["nodes"][str(self.node)]
@@ -281,7 +281,8 @@ def main() -> int:
     )
     start_pool = bench.persistent()
     load_before = f"{os.getloadavg()[0]:.2f}"
-    variants = ["raw", *bench.pools, *(["floor"] if args.floor else [])]
+    managers = list(bench.pools) + (["floor"] if args.floor else [])  # the variants compared with raw
+    variants = ["raw", *managers]
     shuffle = random.Random(args.seed)
     results = []
     try:
@@ -313,7 +314,6 @@ def main() -> int:
     print(f"# load average before/after: {load_before} / {os.getloadavg()[0]:.2f}")
     for name, pool in bench.pools.items():
         print(f"# {name}: ledgers in {pool.ledger_dir} ({file_system(pool.ledger_dir)}), fsync={pool.fsync}")
-    managers = list(bench.pools) + (["floor"] if args.floor else [])
     print(
         "| size | pages | raw sysfs (ms) | "
         + " | ".join(f"{'' if name == 'floor' else 'manager, '}{name} (ms) | ratio" for name in managers)

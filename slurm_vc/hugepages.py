@@ -826,13 +826,8 @@ class HugepagePool:
         """Create ``<job>.growing.json`` by one write(2) (see the module docstring)."""
         path = f"{self.ledger_dir}/{ledger.job_id}.growing.json"
         data = ledger.to_json().encode()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            try:
-                fd = os.open(path, flags, 0o644)
-            except FileNotFoundError:
-                os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
-                fd = os.open(path, flags, 0o644)
+            fd = self._create_file(path, os.O_EXCL)
         except OSError as exc:
             raise StateError(f"cannot create hugepage ledger {path}: {exc.strerror}") from None
         try:
@@ -845,6 +840,16 @@ class HugepagePool:
             raise StateError(f"cannot write hugepage ledger {path}: {exc.strerror}") from None
         self._sync_dir()
         ledger.file_state = "growing"
+
+    def _create_file(self, path: str, mode_flag: int) -> int:
+        """Open ``path`` in the ledger directory for writing, created with ``mode_flag`` (``O_EXCL``
+        or ``O_TRUNC``); the directory is made on first use."""
+        flags = os.O_WRONLY | os.O_CREAT | mode_flag | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
+            return os.open(path, flags, 0o644)
 
     def _append_release(self, ledger: Ledger) -> None:
         """Append the release line to the held file by one write(2); the ledger is then releasing."""
@@ -865,17 +870,10 @@ class HugepagePool:
         previous, ledger.state = ledger.file_state, state
         path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.state)}"
         tmp = f"{self.ledger_dir}/.{ledger.job_id}.json.{os.getpid()}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
+            fd = self._create_file(tmp, os.O_TRUNC)
             try:
-                fd = os.open(tmp, flags, 0o644)
-            except FileNotFoundError:
-                os.makedirs(self.ledger_dir, mode=0o755, exist_ok=True)
-                fd = os.open(tmp, flags, 0o644)
-            try:
-                os.write(fd, ledger.to_json().encode())
-                if self.fsync:
-                    os.fsync(fd)
+                _write_all_at_once(fd, ledger.to_json().encode(), self.fsync)
             finally:
                 os.close(fd)
             os.rename(tmp, path)  # never over an existing file: see the module docstring
