@@ -10,7 +10,7 @@ repetition runs, for every node count n (order rotated between repetitions so ma
 over all alike):
 
   plain   ``sbatch -N n job.sh``                     the job script prints ``SCRIPT_START <epoch>``
-  vc      ``sbatch -N n --vcluster=tiny job.sh``     same script; the prolog boots a guest per node
+  vc      ``sbatch -N n --vcluster=IMAGE job.sh``    same script; the prolog boots a guest per node
   qemu    the same n guests booted by QEMU alone, all at once: libvirt's own QEMU argv of each vc
           guest (read from /proc while the job ran) made runnable without libvirt
           (standalone_argv), started in cpu and cpuset cgroups on the guest's pinned CPUs, its
@@ -25,9 +25,17 @@ start-up + Slurm facts), prolog start -> guest started (plan, isolation, hugepag
 define+start), guest boot (started -> ready, compared with plain QEMU), last ready -> script start
 (DeferBatch release, batch launch, TaskProlog), and script end -> teardown done.
 
+IMAGE (``--image``) is ``tiny``, the busybox Linux test guest (5-10 s to boot under TCG, and seconds of
+difference from one boot to the next), or ``null``, a guest with nothing to boot
+(guest/build-null-guest.py: it prints the ready line on its serial port as soon as QEMU's firmware
+has loaded it).  The control plane does the same work for both (seed, hugepages, libvirt, serial
+probe, TaskProlog); with ``null`` what remains of "the guest's own boot" is QEMU and its firmware,
+~0.1 s, so the overhead is no longer a small difference between two large, noisy boot times.
+
 Run as root, with a Python every user can run (the job user runs the validator from this venv)::
 
-    python bench/bench_time_to_cluster.py [--reps 3] [--nodes 1,2,3] [--name vcbench] [--keep]
+    python bench/bench_time_to_cluster.py [--reps 3] [--nodes 1,2,3] [--image tiny|null]
+        [--name vcbench] [--keep]
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ READY_TEXT = "SLURM-VC-READY"
 # by its own clock, from its kernel's start to the ready line.
 GUEST_UPTIME_RE = re.compile(r"ready after ([0-9]+(?:\.[0-9]+)?) s of guest uptime")
 JOB_SCRIPT = '#!/bin/sh\necho "SCRIPT_START $(date +%s.%N)"\necho "SCRIPT_END $(date +%s.%N)"\n'
-IMAGE = "tiny"
+IMAGES = ("tiny", "null")  # the sandbox catalog's test guest, and the null guest (nothing to boot)
 GOAL_PER_NODE = 1.0
 
 
@@ -70,7 +78,7 @@ class JobRun:
     """One measured job."""
 
     nodes: int
-    vcluster: bool
+    vcluster: str  # the --vcluster value, "" for the plain job
     job: timeline.JobTimes
     records: dict[str, jobwatch.NodeRecord] = field(default_factory=dict)
     state: str = ""
@@ -145,6 +153,45 @@ class CapturingWatcher(jobwatch.JobWatcher):
 SETTLE_SECONDS = 3.0
 
 
+# slurmctld starts a queued batch job on a pass of its main scheduler, which runs about once a second
+# (the sandbox's slurmctld log: "sched: Allocate" lines at the same fraction of a second, job after
+# job, --vcluster or not).  A job therefore waits 0-1 s for the next pass depending only on when it was
+# submitted.  The fixed sleeps of this benchmark (SETTLE_SECONDS before a vc job only) used to put the
+# two kinds of job at different points of that cycle, run after run, which showed up as a steady
+# difference in "queued -> allocated" that had nothing to do with slurm-vc.  Every job is now
+# submitted SUBMIT_AFTER_PASS seconds after a pass, so both wait the same (half a cycle, the average
+# a user sees).
+SCHEDULER_PASS_SECONDS = 1.0
+SUBMIT_AFTER_PASS = 0.5
+_ALLOCATE_RE = re.compile(r"^\[(\S+)\] sched: Allocate JobId=")
+
+
+def last_scheduler_pass(ctld_log: str) -> Optional[float]:
+    """When slurmctld's main scheduler last allocated a job (epoch seconds), from its log."""
+    last = None
+    for line in ctld_log.splitlines():
+        match = _ALLOCATE_RE.match(line)
+        if match:
+            last = match.group(1)
+    return timeline.parse_log_time(last) if last else None
+
+
+def next_submit_time(last_pass: float, now: float) -> float:
+    """The first moment after ``now`` (plus a margin) that lies SUBMIT_AFTER_PASS after a pass."""
+    target = last_pass + SUBMIT_AFTER_PASS
+    if target < now + 0.05:
+        passes = int((now + 0.05 - target) // SCHEDULER_PASS_SECONDS) + 1
+        target += passes * SCHEDULER_PASS_SECONDS
+    return target
+
+
+def wait_for_submit_phase(sandbox: Sandbox) -> None:
+    """Sleep until SUBMIT_AFTER_PASS after one of slurmctld's scheduler passes (no-op before the first)."""
+    last_pass = last_scheduler_pass(jobwatch.read_text(sandbox.layout.log / "slurmctld.log"))
+    if last_pass is not None:
+        time.sleep(max(0.0, next_submit_time(last_pass, time.time()) - time.time()))
+
+
 def wait_idle(sandbox: Sandbox, timeout: float = 120) -> None:
     """Wait until every node is idle (the previous job's epilog done), so jobs start alike."""
     deadline = time.monotonic() + timeout
@@ -157,7 +204,7 @@ def wait_idle(sandbox: Sandbox, timeout: float = 120) -> None:
 
 
 def submit_and_watch(
-    sandbox: Sandbox, work: Path, nodes: int, vcluster: bool, timeout: float, scratch: Path
+    sandbox: Sandbox, work: Path, nodes: int, vcluster: str, timeout: float, scratch: Path
 ) -> JobRun:
     """Submit the job, watch it to the end of its teardown, and assemble its timeline."""
     wait_idle(sandbox)
@@ -165,8 +212,9 @@ def submit_and_watch(
         time.sleep(SETTLE_SECONDS)
     argv = ["sbatch", f"-N{nodes}", "-o", str(work / "%j.out")]
     if vcluster:
-        argv.append(f"--vcluster={IMAGE}")
+        argv.append(f"--vcluster={vcluster}")
     argv.append(str(work / "job.sh"))
+    wait_for_submit_phase(sandbox)
     submit = time.time()
     result = sandbox.exec_argv(argv, cwd=str(work), capture=True, timeout=120)
     match = re.search(r"Submitted batch job (\d+)", result.stdout)
@@ -738,6 +786,13 @@ def main() -> int:
         help="plain QEMU boots the same virtual machine as libvirt did (default), or the lighter one of"
         " earlier runs (no hugepage-backed RAM, seed disk, agent channel, RNG)",
     )
+    parser.add_argument(
+        "--image",
+        choices=IMAGES,
+        default="tiny",
+        help="the guest: tiny (a busybox Linux, boots in 5-10 s under TCG; default) or null (prints"
+        " the ready line at once: leaves QEMU and the control plane, without the noise of a boot)",
+    )
     parser.add_argument("--from-json", help="only print the report of an earlier --json file")
     args = parser.parse_args()
     if args.from_json:
@@ -762,8 +817,8 @@ def main() -> int:
         user = pwd.getpwnam(sandbox.user)
         os.chown(work, user.pw_uid, user.pw_gid)
         print(f"# warm-up (slurmctld's first scheduling pass, page cache) on {args.name}", flush=True)
-        submit_and_watch(sandbox, work, max(counts), False, args.timeout, scratch)
-        submit_and_watch(sandbox, work, 1, True, args.timeout, scratch)
+        submit_and_watch(sandbox, work, max(counts), "", args.timeout, scratch)
+        submit_and_watch(sandbox, work, 1, args.image, args.timeout, scratch)
         results: dict[int, dict[str, list]] = {
             n: {"plain": [], "vc": [], "qemu": [], "qemu_uptime": []} for n in counts
         }
@@ -776,8 +831,8 @@ def main() -> int:
                 early = None
                 if rep % 2 and n in specs_of:
                     early = plain_qemu_boot(specs_of[n], scratch, args.baseline)
-                plain = submit_and_watch(sandbox, work, n, False, args.timeout, scratch)
-                vc = submit_and_watch(sandbox, work, n, True, args.timeout, scratch)
+                plain = submit_and_watch(sandbox, work, n, "", args.timeout, scratch)
+                vc = submit_and_watch(sandbox, work, n, args.image, args.timeout, scratch)
                 specs = guest_specs(vc)
                 if len(specs) != n:
                     raise SystemExit(
@@ -800,7 +855,8 @@ def main() -> int:
         print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
         print(report(results, args.reps))
         if args.json:
-            Path(args.json).write_text(json.dumps({"reps": args.reps, "results": results}, indent=1) + "\n")
+            data = {"reps": args.reps, "image": args.image, "results": results}
+            Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -168,6 +168,18 @@ def test_three_node_job_lifecycle(sandbox):
     assert_clean(sandbox, job)
 
 
+def test_null_guest_job(sandbox):
+    """The time-to-cluster benchmark's guest (``null``) starts through the whole path on every node."""
+    script = write_script(sandbox, "vc-null.sh", 'slurm-vc status\necho "VC_HOSTS=$VC_HOSTS"\n')
+    job = sandbox.sbatch("-N3", f"--mem={MEM}", "-t", "5", "--vcluster=null", script)
+    state = sandbox.wait_job(job, timeout=JOB_TIMEOUT)
+    out = sandbox.job_output(job)
+    assert state == "COMPLETED", out
+    assert out.count(" ready ") == 3, out
+    assert len(re.search(r"^VC_HOSTS=(.*)$", out, flags=re.MULTILINE).group(1).split(",")) == 3
+    assert_clean(sandbox, job)
+
+
 def test_nonzero_exit_tears_down(sandbox):
     script = write_script(sandbox, "vc-fail.sh", "slurm-vc run -- true || exit 99\nexit 3\n")
     job = sandbox.sbatch("-N3", f"--mem={MEM}", "-t", "10", f"--vcluster={IMAGE}", script)

@@ -100,3 +100,31 @@ def test_paired_overheads_per_repetition():
     # Results written before the uptime was recorded have no "qemu_uptime".
     del data["qemu_uptime"]
     assert bench.paired_overheads(data, own_clock=True) == []
+
+
+CTLD_LOG = """\
+[2026-12-03T14:04:55.638] _slurm_rpc_submit_batch_job: JobId=600000 InitPrio=4294901759 usec=650
+[2026-12-03T14:04:56.145] sched: Allocate JobId=600000 NodeList=node1 #CPUs=1 Partition=vc
+[2026-12-03T14:04:56.194] _job_complete: JobId=600000 WEXITSTATUS 0
+[2026-12-03T14:05:00.152] sched: Allocate JobId=600001 NodeList=node1 #CPUs=1 Partition=vc
+[2026-12-03T14:05:01.034] _job_complete: JobId=600001 done
+"""
+
+
+def test_last_scheduler_pass_is_the_latest_allocation():
+    assert bench.last_scheduler_pass(CTLD_LOG) == bench.timeline.parse_log_time("2026-12-03T14:05:00.152")
+    submit_only = "[2026-12-03T14:04:55.638] _slurm_rpc_submit_batch_job: JobId=1\n"
+    assert bench.last_scheduler_pass(submit_only) is None
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (100.0, 100.5),  # the pass just happened: half a cycle later
+        (100.46, 101.5),  # too close to 100.5 to make it: the next cycle
+        (102.2, 102.5),  # passes later, at the same phase
+        (102.6, 103.5),
+    ],
+)
+def test_next_submit_time_keeps_the_phase(now, expected):
+    assert bench.next_submit_time(100.0, now) == pytest.approx(expected)

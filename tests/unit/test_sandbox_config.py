@@ -180,7 +180,10 @@ def test_site_configs_validate(node: str | None, tmp_path: Path) -> None:
     assert config.network.bridge == layout.guest_bridge
     assert config.network.subnet == layout.guest_subnet
     assert config.network.mtu == 9000
-    assert set(config.images) == {"tiny", "centos7-hpc"}
+    assert set(config.images) == {"tiny", "centos7-hpc", "null"}
+    null = config.images["null"]
+    assert (null.kernel, null.initrd) == (str(tmp_path / "out" / "null-guest.bin"), None)
+    assert null.default_memory == 32 * 1024 * 1024
     assert config.images["centos7-hpc"].kernel == str(tmp_path / "out" / "vmlinuz")
     assert config.images["tiny"].seed == "both"
     assert config.images["tiny"].readiness.probe == "serial"
