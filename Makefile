@@ -14,6 +14,7 @@ plugin: deps
 
 guest: deps
 	bash guest/build-tiny-guest.sh guest/out
+	$(PY) guest/build-null-guest.py guest/out
 
 ## make demo: bring up a 3-node sandbox, run examples/hello-vcluster.sh in a virtual cluster, tear down.
 demo: deps
@@ -33,8 +34,8 @@ test-e2e: deps
 	$(PY) -m pytest -q -m e2e tests/e2e
 
 lint: deps
-	$(VENV)/bin/ruff check slurm_vc tests bench
-	$(VENV)/bin/ruff format --check slurm_vc tests bench
+	$(VENV)/bin/ruff check slurm_vc tests bench guest/build-null-guest.py
+	$(VENV)/bin/ruff format --check slurm_vc tests bench guest/build-null-guest.py
 
 clean-sandbox:
 	-$(SLURM_VC) sandbox down

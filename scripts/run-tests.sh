@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 
 echo "== lint (ruff)"
-$VENV/bin/ruff check slurm_vc tests bench || exit 1
+$VENV/bin/ruff check slurm_vc tests bench guest/build-null-guest.py || exit 1
+$VENV/bin/ruff format --check slurm_vc tests bench guest/build-null-guest.py || exit 1
 
-echo "== build the SPANK plugin and the test guest"
+echo "== build the SPANK plugin and the test guests"
 make -s -C spank || exit 1
 bash guest/build-tiny-guest.sh guest/out || exit 1
+$VENV/bin/python guest/build-null-guest.py guest/out || exit 1
 
 echo "== pytest"
 $VENV/bin/python -m pytest -ra -p no:cacheprovider --timeout=900 tests "$@"
