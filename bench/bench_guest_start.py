@@ -160,6 +160,7 @@ def run_full(daemon_base: Path, guest: dict, work: Path, runs: int) -> tuple[lis
         config = config_from_mapping(
             {
                 "state_dir": str(work / "state"),
+                "runtime_dir": str(work / "run"),  # its hugepage ledgers: not the machine's /run/slurm-vc
                 "job_key_secret": str(secret),
                 "host": {
                     "libvirt_uri": daemon.uri,
