@@ -824,7 +824,7 @@ class HugepagePool:
 
     def _write_intent(self, ledger: Ledger) -> None:
         """Create ``<job>.growing.json`` by one write(2) (see the module docstring)."""
-        path = f"{self.ledger_dir}/{ledger.job_id}.growing.json"
+        path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, 'growing')}"
         data = ledger.to_json().encode()
         try:
             fd = self._create_file(path, os.O_EXCL)
@@ -853,7 +853,7 @@ class HugepagePool:
 
     def _append_release(self, ledger: Ledger) -> None:
         """Append the release line to the held file by one write(2); the ledger is then releasing."""
-        path = f"{self.ledger_dir}/{ledger.job_id}.{ledger.file_state}.json"
+        path = f"{self.ledger_dir}/{ledger_name(ledger.job_id, ledger.file_state)}"
         data = b"\n" + ledger.release_json().encode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
