@@ -83,64 +83,103 @@ def hugepages_at(commit: str) -> ModuleType:
 
 
 class ProtocolFloor:
-    """The manager's system calls for one reserve+release on one node, and nothing else."""
+    """The manager's system calls for one reserve+release on one node, and nothing else.
 
-    def __init__(self, ledger_dir: str, node: int):
+    The keyword flags drop steps of the protocol (all kept by default, as the manager does them);
+    ``bench_hugepage_overhead.py`` times such cut-down protocols to show what each step costs.
+    Without ``surplus`` the pool is counted by nr_hugepages alone; without ``ledger`` no file is
+    written, read, renamed or removed.
+    """
+
+    def __init__(
+        self,
+        ledger_dir: str,
+        node: int,
+        *,
+        lock: bool = True,
+        boot_id: bool = True,
+        listing: bool = True,
+        surplus: bool = True,
+        ledger: bool = True,
+    ):
         self.ledger_dir = ledger_dir
         self.pool = pool_dir("/sys", node, M2)
         self.node = node
+        self.lock, self.boot_id, self.listing = lock, boot_id, listing
+        self.surplus, self.ledger = surplus, ledger
 
     def begin(self) -> tuple[int, bytes]:
         """Take the pool lock, read the boot id, list the ledgers: how every operation starts."""
-        lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
-        boot_id = os.read(fd, 64).strip()
-        os.close(fd)
-        os.listdir(self.ledger_dir)
+        lock, boot_id = -1, b""
+        if self.lock:
+            lock = os.open("/sys/devices/system/node", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if self.boot_id:
+            fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+            boot_id = os.read(fd, 64).strip()
+            os.close(fd)
+        if self.listing:
+            os.listdir(self.ledger_dir)
         return lock, boot_id
+
+    def open_pool(self) -> tuple[int, int]:
+        """nr_hugepages read-write, and surplus_hugepages (-1 when the surplus is not counted)."""
+        nr = os.open(f"{self.pool}/nr_hugepages", os.O_RDWR | os.O_CLOEXEC)
+        if not self.surplus:
+            return nr, -1
+        return nr, os.open(f"{self.pool}/surplus_hugepages", os.O_RDONLY | os.O_CLOEXEC)
+
+    def read_surplus(self, surplus: int) -> int:
+        return int(os.pread(surplus, 64, 0)) if surplus >= 0 else 0
+
+    def end(self, lock: int, nr: int, surplus: int) -> None:
+        """Close the pool files and drop the lock."""
+        for fd in (nr, surplus, lock):
+            if fd >= 0:
+                os.close(fd)
 
     def reserve(self, job: str, pages: int) -> int:
         lock, boot_id = self.begin()
-        nr = os.open(f"{self.pool}/nr_hugepages", os.O_RDWR | os.O_CLOEXEC)
-        surplus = os.open(f"{self.pool}/surplus_hugepages", os.O_RDONLY | os.O_CLOEXEC)
-        before, adopted = int(os.pread(nr, 64, 0)), int(os.pread(surplus, 64, 0))
+        nr, surplus = self.open_pool()
+        before, adopted = int(os.pread(nr, 64, 0)), self.read_surplus(surplus)
         path = f"{self.ledger_dir}/{job}.growing.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        os.write(
-            fd,
-            b'{"version":1,"job_id":"%s","page_size":%d,"state":"growing","boot_id":"%s","sysfs":"/sys",'
-            b'"nodes":{"%d":{"before":%d,"surplus_before":%d,"asked":%d,"target":%d,"added":null,'
-            b'"release_from":null,"release_target":null}}}'
-            % (job.encode(), M2, boot_id, self.node, before - adopted, adopted, pages, before + pages),
-        )
-        os.close(fd)
+        if self.ledger:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.write(
+                fd,
+                b'{"version":1,"job_id":"%s","page_size":%d,"state":"growing","boot_id":"%s","sysfs":"/sys",'
+                b'"nodes":{"%d":{"before":%d,"surplus_before":%d,"asked":%d,"target":%d,"added":null,'
+                b'"release_from":null,"release_target":null}}}'
+                % (job.encode(), M2, boot_id, self.node, before - adopted, adopted, pages, before + pages),
+            )
+            os.close(fd)
         os.pwrite(nr, b"%d" % (before + pages), 0)
-        added = int(os.pread(nr, 64, 0)) - int(os.pread(surplus, 64, 0)) - (before - adopted)
-        os.rename(path, f"{self.ledger_dir}/{job}.held.json")
-        os.close(nr)
-        os.close(surplus)
-        os.close(lock)
+        added = int(os.pread(nr, 64, 0)) - self.read_surplus(surplus) - (before - adopted)
+        if self.ledger:
+            os.rename(path, f"{self.ledger_dir}/{job}.held.json")
+        self.end(lock, nr, surplus)
         return added
 
-    def release(self, job: str) -> None:
+    def release(self, job: str, pages: int) -> None:
         lock, _ = self.begin()
         path = f"{self.ledger_dir}/{job}.held.json"
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        entry = json.loads(os.read(fd, 65536))["nodes"][str(self.node)]
-        os.close(fd)
-        nr = os.open(f"{self.pool}/nr_hugepages", os.O_RDWR | os.O_CLOEXEC)
-        surplus = os.open(f"{self.pool}/surplus_hugepages", os.O_RDONLY | os.O_CLOEXEC)
-        now = int(os.pread(nr, 64, 0)) - int(os.pread(surplus, 64, 0))
-        target = now - (entry["target"] - entry["before"])
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        os.write(fd, b'\n{"release":{"%d":[%d,%d]}}' % (self.node, now, target))
-        os.close(fd)
+        added = pages  # what reserve added, without a ledger to say so
+        if self.ledger:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            entry = json.loads(os.read(fd, 65536))["nodes"][str(self.node)]
+            os.close(fd)
+            added = entry["target"] - entry["before"]
+        nr, surplus = self.open_pool()
+        now = int(os.pread(nr, 64, 0)) - self.read_surplus(surplus)
+        target = now - added
+        if self.ledger:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            os.write(fd, b'\n{"release":{"%d":[%d,%d]}}' % (self.node, now, target))
+            os.close(fd)
         os.pwrite(nr, b"%d" % target, 0)
-        os.unlink(path)
-        os.close(nr)
-        os.close(surplus)
-        os.close(lock)
+        if self.ledger:
+            os.unlink(path)
+        self.end(lock, nr, surplus)
 
 
 class Bench:
@@ -235,7 +274,7 @@ class Bench:
         job = f"floor-{os.getpid()}-{self.job}"
         start = time.perf_counter()
         added = self.floor.reserve(job, pages)
-        self.floor.release(job)
+        self.floor.release(job, pages)
         took = time.perf_counter() - start
         if added != pages:
             self.disturbed += 1
