@@ -30,9 +30,10 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from typing import Callable
 
-from bench_hugepages import M2, ProtocolFloor  # this script's directory is on sys.path
+from bench_hugepages import M2, ProtocolFloor, write_pool_size  # this script's directory is on sys.path
 
 from slurm_vc.config import SiteConfig
 from slurm_vc.hugepages import HugepagePool, pool_dir
@@ -46,7 +47,7 @@ CUT_DOWN = {  # name -> the ProtocolFloor steps it drops
 
 
 class Pool:
-    """Raw writes to one node's 2M pool, given back by delta."""
+    """Raw writes to one node's 2M pool (nr_hugepages), given back by delta."""
 
     def __init__(self, node: int):
         self.path = os.path.join(pool_dir("/sys", node, M2), "nr_hugepages")
@@ -55,26 +56,19 @@ class Pool:
         with open(self.path, "rb") as pool:
             return int(pool.read())
 
-    def write(self, value: int) -> None:
-        fd = os.open(self.path, os.O_WRONLY)
-        try:
-            os.write(fd, b"%d" % value)
-        finally:
-            os.close(fd)
-
     def raw(self, pages: int) -> float:
         """Time the two writes of an admin's grow and shrink (the reads between are not timed)."""
         base = self.read()
         start = time.perf_counter()
-        self.write(base + pages)
+        write_pool_size(self.path, base + pages)
         middle = time.perf_counter()
         current = self.read()
         resume = time.perf_counter()
-        self.write(max(0, current - pages))
+        write_pool_size(self.path, max(0, current - pages))
         return (middle - start) + (time.perf_counter() - resume)
 
 
-def timed(operation: Callable[[str], None]) -> Callable[[str], float]:
+def timed(operation: Callable[[str], object]) -> Callable[[str], float]:
     def run(job: str) -> float:
         start = time.perf_counter()
         operation(job)
@@ -106,19 +100,14 @@ def main() -> int:
         HugepagePool.from_config(config).reserve(job, M2, {args.node: pages})
         HugepagePool.from_config(config).release(job)
 
-    def protocol(floor: ProtocolFloor) -> Callable[[str], None]:
-        def reserve_and_release(job: str) -> None:
-            floor.reserve(job, pages)
-            floor.release(job, pages)
-
-        return reserve_and_release
-
     variants: dict[str, Callable[[str], float]] = {
         "raw": lambda job: pool.raw(pages),
         "raw again": lambda job: pool.raw(pages),
         "manager": timed(manager),
     }
-    variants.update({name: timed(protocol(floor)) for name, floor in floors.items()})
+    variants.update(
+        {name: timed(partial(floor.reserve_and_release, pages=pages)) for name, floor in floors.items()}
+    )
     times: dict[str, list[float]] = {name: [] for name in variants}
     shuffle = random.Random(args.seed)
     start_pool, load_before = pool.read(), os.getloadavg()[0]
@@ -138,7 +127,7 @@ def main() -> int:
         for ledger in HugepagePool.from_config(config).list_ledgers():  # after a failure: give back
             HugepagePool.from_config(config).release(ledger.job_id)
         if not completed and pool.read() > before:  # a raw or floor grow without its shrink
-            pool.write(before)
+            write_pool_size(pool.path, before)
         shutil.rmtree(runtime_dir, ignore_errors=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
     raw = medians["raw"]

@@ -82,6 +82,15 @@ def hugepages_at(commit: str) -> ModuleType:
     return module
 
 
+def write_pool_size(nr_path: str, value: int) -> None:
+    """An admin's ``echo VALUE > nr_hugepages``: open, one write, close (the raw baseline)."""
+    fd = os.open(nr_path, os.O_WRONLY)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
 class ProtocolFloor:
     """The manager's system calls for one reserve+release on one node, and nothing else.
 
@@ -181,6 +190,12 @@ class ProtocolFloor:
             os.unlink(path)
         self.end(lock, nr, surplus)
 
+    def reserve_and_release(self, job: str, pages: int) -> int:
+        """One job's reserve then release; returns the pages the reserve added."""
+        added = self.reserve(job, pages)
+        self.release(job, pages)
+        return added
+
 
 class Bench:
     def __init__(
@@ -227,13 +242,6 @@ class Bench:
         counts = self.pools["disk"].counts(self.node, M2)
         return counts.persistent
 
-    def write(self, value: int) -> None:
-        fd = os.open(self.nr_path, os.O_WRONLY)
-        try:
-            os.write(fd, str(value).encode())
-        finally:
-            os.close(fd)
-
     def raw(self, pages: int) -> float:
         # Hold the pool lock the managers take (untimed) so other managers' jobs on this machine
         # neither disturb nor get disturbed by the raw writes.
@@ -242,12 +250,13 @@ class Bench:
             fcntl.flock(lock, fcntl.LOCK_EX)
             base = self.persistent()
             start = time.perf_counter()
-            self.write(base + pages)
+            write_pool_size(self.nr_path, base + pages)
             self.raw_outstanding = pages
             middle = time.perf_counter()
             current = self.persistent()  # read outside the timed part
             resume = time.perf_counter()
-            self.write(max(0, current - pages))  # by delta: pages another job added meanwhile stay
+            # By delta: pages another job added meanwhile stay.
+            write_pool_size(self.nr_path, max(0, current - pages))
             self.raw_outstanding = 0
             end = time.perf_counter()
         finally:
@@ -273,8 +282,7 @@ class Bench:
         self.job += 1
         job = f"floor-{os.getpid()}-{self.job}"
         start = time.perf_counter()
-        added = self.floor.reserve(job, pages)
-        self.floor.release(job, pages)
+        added = self.floor.reserve_and_release(job, pages)
         took = time.perf_counter() - start
         if added != pages:
             self.disturbed += 1
@@ -286,7 +294,7 @@ class Bench:
                 for ledger in pool.list_ledgers():
                     pool.release(ledger.job_id)
             if self.raw_outstanding:
-                self.write(max(0, self.persistent() - self.raw_outstanding))
+                write_pool_size(self.nr_path, max(0, self.persistent() - self.raw_outstanding))
         finally:
             for directory in self.dirs:
                 shutil.rmtree(directory, ignore_errors=True)
