@@ -16,19 +16,27 @@ and prints each one's ratio to raw and its fixed cost (median minus raw's median
 Run it at --pages 512 (1 GiB) and at --pages 1: the fixed cost after a 512-page kernel operation,
 which leaves the CPU caches cold, against the same work after an operation that touched little.
 
+With --writes-on-cpu CPU the script pins itself to another CPU and adds two variants whose pool
+writes run on a thread pinned to CPU: "raw, writes on CPU" and "manager, writes on CPU" (its
+SysfsIO hands each pwrite to that thread).  The question: does the manager's work after a
+kernel operation get cheaper when the kernel's pass over the struct pages cools another CPU's
+caches, by more than the hand-over between threads costs?
+
     sudo .venv/bin/python bench/bench_hugepage_overhead.py [--pages 512] [--rounds 41]
-        [--ledger-parent /dev/shm] [--node 0] [--seed 1]
+        [--ledger-parent /dev/shm] [--node 0] [--seed 1] [--writes-on-cpu CPU]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import queue
 import random
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from typing import Callable
@@ -36,7 +44,7 @@ from typing import Callable
 from bench_hugepages import M2, ProtocolFloor, write_pool_size  # this script's directory is on sys.path
 
 from slurm_vc.config import SiteConfig
-from slurm_vc.hugepages import HugepagePool, pool_dir
+from slurm_vc.hugepages import HugepagePool, SysfsIO, pool_dir
 
 CUT_DOWN = {  # name -> the ProtocolFloor steps it drops
     "floor, no boot id": {"boot_id": False},
@@ -68,6 +76,55 @@ class Pool:
         return (middle - start) + (time.perf_counter() - resume)
 
 
+class CpuWorker:
+    """A daemon thread pinned to one CPU that runs the calls handed to it, one at a time."""
+
+    def __init__(self, cpu: int):
+        self.cpu = cpu
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        os.sched_setaffinity(0, {self.cpu})  # pid 0 from a thread: this thread only
+        while True:
+            function, args = self._calls.get()
+            try:
+                self._results.put((True, function(*args)))
+            except BaseException as exc:  # handed back to the caller
+                self._results.put((False, exc))
+
+    def call(self, function: Callable, *args: object) -> object:
+        """Run ``function(*args)`` on the worker's CPU and return its result (or raise its error)."""
+        self._calls.put((function, args))
+        ok, value = self._results.get()
+        if not ok:
+            raise value
+        return value
+
+
+class WritesOnCpu(SysfsIO):
+    """The manager's SysfsIO with every pool write (pwrite) run by a CpuWorker."""
+
+    def __init__(self, worker: CpuWorker):
+        self.worker = worker
+
+    def pwrite_int(self, fd: int, value: int) -> None:
+        self.worker.call(os.pwrite, fd, b"%d" % value, 0)
+
+
+def raw_writes_on(worker: CpuWorker, pool: Pool, pages: int) -> float:
+    """Pool.raw with each of the two writes run by ``worker``."""
+    base = pool.read()
+    start = time.perf_counter()
+    worker.call(write_pool_size, pool.path, base + pages)
+    middle = time.perf_counter()
+    current = pool.read()
+    resume = time.perf_counter()
+    worker.call(write_pool_size, pool.path, max(0, current - pages))
+    return (middle - start) + (time.perf_counter() - resume)
+
+
 def timed(operation: Callable[[str], object]) -> Callable[[str], float]:
     def run(job: str) -> float:
         start = time.perf_counter()
@@ -84,10 +141,25 @@ def main() -> int:
     parser.add_argument("--ledger-parent", default="/dev/shm", help="where the ledger directories go")
     parser.add_argument("--node", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1, help="of the per-round shuffle")
+    parser.add_argument(
+        "--writes-on-cpu", type=int, metavar="CPU", help="add variants whose pool writes run there"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_hugepage_overhead: needs root (writes the kernel's hugepage pools)", file=sys.stderr)
         return 2
+    worker = None
+    if args.writes_on_cpu is not None:
+        others = sorted(os.sched_getaffinity(0) - {args.writes_on_cpu})
+        if args.writes_on_cpu not in os.sched_getaffinity(0) or not others:
+            print(
+                f"bench_hugepage_overhead: --writes-on-cpu {args.writes_on_cpu}: need that CPU and another"
+                f" among this process's CPUs {sorted(os.sched_getaffinity(0))}",
+                file=sys.stderr,
+            )
+            return 2
+        os.sched_setaffinity(0, {others[0]})  # before the worker starts: it sets its own
+        worker = CpuWorker(args.writes_on_cpu)
     pool, pages = Pool(args.node), args.pages
     runtime_dir = tempfile.mkdtemp(prefix="slurm-vc-bench-hpo-", dir=args.ledger_parent)
     config = SiteConfig(runtime_dir=runtime_dir)
@@ -108,6 +180,15 @@ def main() -> int:
     variants.update(
         {name: timed(partial(floor.reserve_and_release, pages=pages)) for name, floor in floors.items()}
     )
+    if worker is not None:
+        writes_on_cpu = WritesOnCpu(worker)
+
+        def manager_writes_on_cpu(job: str) -> None:
+            HugepagePool.from_config(config, io=writes_on_cpu).reserve(job, M2, {args.node: pages})
+            HugepagePool.from_config(config, io=writes_on_cpu).release(job)
+
+        variants[f"raw, writes on CPU {worker.cpu}"] = lambda job: raw_writes_on(worker, pool, pages)
+        variants[f"manager, writes on CPU {worker.cpu}"] = timed(manager_writes_on_cpu)
     times: dict[str, list[float]] = {name: [] for name in variants}
     shuffle = random.Random(args.seed)
     start_pool, load_before = pool.read(), os.getloadavg()[0]
@@ -132,6 +213,11 @@ def main() -> int:
     medians = {name: statistics.median(values) for name, values in times.items()}
     raw = medians["raw"]
     print(f"# node {args.node}, {pages} x 2M pages, {args.rounds} rounds (+1 warm-up), seed {args.seed}")
+    if worker is not None:
+        print(
+            f"# this process on CPU {sorted(os.sched_getaffinity(0))},"
+            f" the pool writes of the last two variants on CPU {worker.cpu}"
+        )
     print(f"# ledgers under {args.ledger_parent}; load average {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     print(f"# pool before {start_pool} pages, after {pool.read()} pages")
     print("| variant | median (us) | ratio to raw | fixed cost (us) |")
