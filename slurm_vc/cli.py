@@ -40,13 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slurm-vc",
         description="Per-job virtual clusters of pinned, hugepage-backed guests for Slurm.",
-        epilog="Exit codes: 0 ok, 2 bad usage/request, 3 config, 4 placement, 5 image, 6 host, "
-        "7 hypervisor, 8 guest not ready, 9 Slurm, 10 state.  See docs/admin.md.",
+        epilog="Exit codes: 0 ok, 1 other error, 2 bad usage/request, 3 config, 4 placement, 5 image,"
+        " 6 host, 7 hypervisor, 8 guest not ready, 9 Slurm, 10 state, 130 interrupted; run, ssh and"
+        " sandbox exec pass on the command's code.  See docs/admin.md.",
     )
     parser.add_argument(
         "--config", help="site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")  # not "command": run and ssh have one
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"slurm_vc.commands.{module_name}")
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -67,14 +68,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except VcError as exc:
-        print(f"slurm-vc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"slurm-vc {args.subcommand}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
     except Exception as exc:  # last resort: one line for the user, the trace only on request
-        print(f"slurm-vc {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"slurm-vc {args.subcommand}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("SLURM_VC_DEBUG"):
             traceback.print_exc()
         return 1

@@ -25,18 +25,20 @@ from .configfile import (  # noqa: F401
     read_toml,
 )
 from .errors import ConfigError, UsageError
-from .units import parse_size
+from .units import SIZE_HELP, parse_size
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _size_field(value: object, what: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"{what} must not be negative")
-        return value
+def _size_field(value: object, what: str, *, zero_allowed: bool = False) -> int:
+    """A memory size from the config file in bytes.  A bare TOML number is MiB, as a string without
+    a unit is (``4096`` and ``"4096"`` both mean 4 GiB), since Slurm counts memory in MiB too."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"invalid {what} {value!r}: expected {SIZE_HELP}")
+    if zero_allowed and str(value).strip() == "0":
+        return 0
     try:
         return parse_size(str(value), what=what)
     except UsageError as exc:
@@ -107,7 +109,7 @@ class HostSettings(_Strict):
     @field_validator("reserved_memory", mode="before")
     @classmethod
     def _reserved(cls, value: object) -> int:
-        return _size_field(value, "reserved_memory")
+        return _size_field(value, "reserved_memory", zero_allowed=True)
 
     @model_validator(mode="after")
     def _model(self) -> HostSettings:

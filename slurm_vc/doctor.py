@@ -28,6 +28,9 @@ class Check:
     fix: str = ""
 
 
+DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
+
+
 @dataclass(frozen=True)
 class HostPaths:
     """Where the host's facts are read from (injectable for tests)."""
@@ -35,7 +38,7 @@ class HostPaths:
     proc: str = "/proc"
     sys: str = "/sys"
     dev_kvm: str = "/dev/kvm"
-    slurm_conf: str = "/etc/slurm/slurm.conf"
+    slurm_conf: Optional[str] = None  # None: $SLURM_CONF, else DEFAULT_SLURM_CONF
     qemu_conf: str = "/etc/libvirt/qemu.conf"
 
 
@@ -345,7 +348,7 @@ def _slurm_settings(text: str) -> dict[str, str]:
 
 def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
     """slurm.conf has Prolog, Epilog, TaskProlog, PrologFlags=Alloc(,DeferBatch) and the plugstack entry."""
-    conf_path = os.environ.get("SLURM_CONF") or paths.slurm_conf
+    conf_path = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
     text = _read(conf_path)
     if text is None:
         return [Check("slurm.conf", FAIL, f"cannot read {conf_path}", "set SLURM_CONF or install Slurm")]

@@ -7,7 +7,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--slurm-conf", default=None, help="slurm.conf to check (default: $SLURM_CONF or /etc/slurm)"
+        "--slurm-conf",
+        default=None,
+        help="slurm.conf to check (default: $SLURM_CONF, else /etc/slurm/slurm.conf)",
     )
 
 
@@ -17,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import EXIT_HOST
 
     config = load_config(args.config)
-    paths = HostPaths(slurm_conf=args.slurm_conf) if args.slurm_conf else HostPaths()
+    paths = HostPaths(slurm_conf=args.slurm_conf)
     checks = run_checks(config, paths)
     print(format_table(checks))
     return EXIT_HOST if any(check.status == FAIL for check in checks) else 0

@@ -4,7 +4,7 @@ import pytest
 
 from slurm_vc.config import config_from_mapping, load_config
 from slurm_vc.errors import ConfigError
-from slurm_vc.units import GIB
+from slurm_vc.units import GIB, MIB
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,10 @@ def test_malformed_toml_names_file(tmp_path):
         ({"host": {"domain_type": "qemu", "cpu_mode": "host-passthrough"}}, "needs domain_type = 'kvm'"),
         ({"host": {"reserved_memory": "12XB"}}, "host.reserved_memory"),
         ({"host": {"reserved_memory": "-1G"}}, "host.reserved_memory"),
+        ({"host": {"reserved_memory": -1}}, "host.reserved_memory"),
+        ({"host": {"reserved_memory": 1.5}}, "no unit means MiB"),
+        ({"host": {"reserved_memory": True}}, "host.reserved_memory"),
+        ({"images": {"x": {"disk": "/a", "default_memory": 0}}}, "greater than zero"),
         ({"network": {"subnet": "8.8.8.0/24"}}, "private"),
         ({"network": {"subnet": "10.0.0.0/28"}}, "/24 or larger"),
         ({"network": {"mac_prefix": "53:54:00"}}, "unicast"),
@@ -70,3 +74,22 @@ def test_bad_config_names_key_and_allowed(data, needle):
 def test_tcg_default_cpu_mode_is_host_model():
     assert config_from_mapping({"host": {"domain_type": "qemu"}}).host.cpu_mode == "host-model"
     assert config_from_mapping({}).host.cpu_mode == "host-passthrough"
+
+
+@pytest.mark.parametrize("value", [4096, "4096", "4G", "4096M", "4194304K"])
+def test_memory_size_without_unit_is_mib(value):
+    """A bare TOML number means MiB, like a string without a unit (and like Slurm's --mem)."""
+    config = config_from_mapping(
+        {"host": {"reserved_memory": value}, "images": {"x": {"disk": "/a", "default_memory": value}}}
+    )
+    assert config.host.reserved_memory == 4 * GIB
+    assert config.images["x"].default_memory == 4 * GIB
+
+
+@pytest.mark.parametrize("value", [0, "0"])
+def test_reserved_memory_may_be_zero(value):
+    assert config_from_mapping({"host": {"reserved_memory": value}}).host.reserved_memory == 0
+
+
+def test_default_reserved_memory_is_one_gib():
+    assert config_from_mapping({}).host.reserved_memory == 1024 * MIB

@@ -1,5 +1,6 @@
 """doctor checks against recorded host trees in tmp_path (the live host is exercised by e2e)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from slurm_vc.config import config_from_mapping
@@ -116,6 +117,21 @@ def test_slurm_lines(tmp_path, monkeypatch):
     Path(host.slurm_conf).write_text("PrologFlags=Alloc\n")
     flags = {c.name: c for c in check_slurm(config(), host)}["slurm.conf PrologFlags"]
     assert flags.status == FAIL and "DeferBatch" in flags.fix
+
+
+def test_slurm_conf_flag_wins_over_env(tmp_path, monkeypatch):
+    """--slurm-conf (HostPaths.slurm_conf) is read even when $SLURM_CONF names another file."""
+    chosen, other = tmp_path / "chosen.conf", tmp_path / "other.conf"
+    chosen.write_text("Prolog=/usr/libexec/slurm-vc/slurm-vc-prolog\n")
+    other.write_text("Prolog=/bin/true\n")
+    monkeypatch.setenv("SLURM_CONF", str(other))
+    host = make_host(tmp_path)
+    prolog = {c.name: c for c in check_slurm(config(), replace(host, slurm_conf=str(chosen)))}[
+        "slurm.conf Prolog"
+    ]
+    assert prolog.status == PASS
+    from_env = {c.name: c for c in check_slurm(config(), replace(host, slurm_conf=None))}["slurm.conf Prolog"]
+    assert from_env.status == FAIL and "/bin/true" in from_env.detail
 
 
 def test_run_checks_never_raises_and_formats(tmp_path):

@@ -123,6 +123,12 @@ def test_run_command_exit_code_is_nonzero_if_any_guest_fails(job, capsys):
     assert "no guest 'n9'" in capsys.readouterr().err
 
 
+def test_run_without_a_command_names_the_subcommand(job, capsys):
+    """The error names ``run`` (its own argument, also called command, must not shadow it)."""
+    assert cli.main(["run"]) == UsageError.exit_code
+    assert capsys.readouterr().err.startswith("slurm-vc run: error: no command given")
+
+
 def test_hosts_and_hostfile_commands(job, capsys):
     assert cli.main(["hosts"]) == 0
     assert capsys.readouterr().out == "vc42-0\nvc42-1\nvc42-2\n"
