@@ -44,13 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         " 6 host, 7 hypervisor, 8 guest not ready, 9 Slurm, 10 state, 130 interrupted; run, ssh and"
         " sandbox exec pass on the command's code.  See docs/admin.md.",
     )
-    parser.add_argument(
-        "--config", help="site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)"
-    )
+    config_help = "site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)"
+    parser.add_argument("--config", help=config_help)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")  # not "command": run and ssh have one
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"slurm_vc.commands.{module_name}")
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # --config after the subcommand too; SUPPRESS keeps one given before it when not repeated.
+        command_parser.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_module=module)
     return parser

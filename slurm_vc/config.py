@@ -25,11 +25,31 @@ from .configfile import (  # noqa: F401
     read_toml,
 )
 from .errors import ConfigError, UsageError
+from .network import check_domain, check_hostname_format
 from .units import SIZE_HELP, parse_size
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and values keep their TOML types: ``true`` is not a number of cores,
+    ``"yes"`` not a boolean, ``"120"`` not a number of seconds (sizes take strings, see _size_field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        # They end up in paths, domain XML and command lines, where they break things far from here.
+        if isinstance(value, str) and _CONTROL_RE.search(value):
+            raise ValueError(f"must not contain control characters (tab, newline, ...): {value!r}")
+        return value
+
+
+def _absolute_path(value: Optional[str]) -> Optional[str]:
+    if value is not None and not os.path.isabs(value):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return value
 
 
 def _size_field(value: object, what: str, *, zero_allowed: bool = False) -> int:
@@ -77,9 +97,7 @@ class ImageSpec(_Strict):
     @field_validator("disk", "kernel", "initrd")
     @classmethod
     def _absolute(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not os.path.isabs(value):
-            raise ValueError(f"must be an absolute path, got {value!r}")
-        return value
+        return _absolute_path(value)
 
     @model_validator(mode="after")
     def _bootable(self) -> ImageSpec:
@@ -110,6 +128,11 @@ class HostSettings(_Strict):
     @classmethod
     def _reserved(cls, value: object) -> int:
         return _size_field(value, "reserved_memory", zero_allowed=True)
+
+    @field_validator("emulator")
+    @classmethod
+    def _emulator(cls, value: Optional[str]) -> Optional[str]:
+        return _absolute_path(value)
 
     @model_validator(mode="after")
     def _model(self) -> HostSettings:
@@ -169,6 +192,26 @@ class NetworkSettings(_Strict):
             raise ValueError("block_prefix must be longer than the subnet's prefix (block 0 is for hosts)")
         return self
 
+    @field_validator("hostname_format")
+    @classmethod
+    def _hostname_format(cls, value: str) -> str:
+        check_hostname_format(value)
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        check_domain(value)
+        return value
+
+    @field_validator("allowed_host_ports")
+    @classmethod
+    def _ports(cls, ports: list[int]) -> list[int]:
+        bad = [port for port in ports if not 1 <= port <= 65535]
+        if bad:
+            raise ValueError(f"TCP ports are 1-65535, got {', '.join(map(str, bad))}")
+        return ports
+
     @field_validator("bridge")
     @classmethod
     def _bridge(cls, value: str) -> str:
@@ -200,6 +243,11 @@ class SiteConfig(_Strict):
     timeouts: Timeouts = Timeouts()
     images: dict[str, ImageSpec] = {}
     source: str = Field("<defaults>", exclude=True)
+
+    @field_validator("state_dir", "runtime_dir", "job_key_secret")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_path(value)
 
     @field_validator("images")
     @classmethod

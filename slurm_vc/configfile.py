@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -24,20 +25,36 @@ else:  # pragma: no cover - exercised only on old Pythons
 
 DEFAULT_CONFIG_PATH = "/etc/slurm/vcluster.toml"
 CONFIG_ENV = "SLURM_VC_CONFIG"
-IMAGE_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+IMAGE_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}\Z"  # \Z: "$" would allow a final newline
 PAGE_SIZES = {"2M": 2 * 1024 * 1024, "1G": 1024 * 1024 * 1024, "none": 0}
+
+
+# A site config is a few KiB; anything far larger is not one (and is not read into memory).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def config_path(explicit: Optional[str] = None) -> str:
     """The config file to read: ``--config``, then ``$SLURM_VC_CONFIG``, then the default."""
+    if explicit is not None and not explicit.strip():
+        raise ConfigError(
+            "--config: the path is empty (give the site config file, e.g. /etc/slurm/vcluster.toml)"
+        )
     return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
 def read_toml(path: str) -> dict:
     """The parsed TOML of the site config at ``path``.  ConfigError names the file and the problem."""
     try:
+        # stat first: opening a FIFO would block, and a device (/dev/zero) never ends.
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file (the site config must be a TOML file)")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: {info.st_size} bytes is too large for a site config (at most {MAX_CONFIG_BYTES})"
+            )
         with open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: configuration file not found (set {CONFIG_ENV} or pass --config)"
@@ -48,6 +65,8 @@ def read_toml(path: str) -> dict:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
 
 
 @dataclass(frozen=True)

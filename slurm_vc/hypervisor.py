@@ -19,7 +19,7 @@ from typing import Optional
 from .errors import HugepageError, HypervisorError
 
 DOMAIN_PREFIX = "vc-"
-_DOMAIN_RE = re.compile(r"^vc-(\d+)-(.+)$")
+_DOMAIN_RE = re.compile(r"^vc-(\d+)-(.+)\Z")
 # QEMU/libvirt messages that mean "the hugepage pool could not back guest RAM".
 _HUGEPAGE_MESSAGES = ("unable to map backing store", "hugetlbfs filesystem is not mounted")
 

@@ -133,6 +133,8 @@ class JobView:
 
 def view_from_dict(data: Mapping, directory: Optional[str] = None) -> JobView:
     """Parse a guests.json mapping.  Raises StateError on anything unexpected."""
+    if not isinstance(data, Mapping):
+        raise StateError(f"published job file is malformed: a JSON {type(data).__name__}, not an object")
     try:
         if data.get("version") != VERSION:
             raise StateError(f"guests.json version {data.get('version')!r}; this slurm-vc reads {VERSION}")
@@ -146,7 +148,7 @@ def view_from_dict(data: Mapping, directory: Optional[str] = None) -> JobView:
             local=LocalState(**data.get("local", {})),
             directory=directory,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"published job file is malformed: {type(exc).__name__}: {exc}") from None
 
 
@@ -356,7 +358,7 @@ def load_current(environ: Optional[Mapping[str, str]] = None, config_path: Optio
     env = os.environ if environ is None else environ
     state_dir = None
     if not env.get(JOB_DIR_ENV) and (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
-        state_dir = state_dir_from_file(config_path or env.get(CONFIG_ENV))
+        state_dir = state_dir_from_file(config_path or env.get(CONFIG_ENV) or None)
     return load(find_job_dir(env, state_dir))
 
 
@@ -418,11 +420,8 @@ def state_dir_from_file(path: Optional[str] = None) -> str:
 
     source = config_path(path)
     default_state_dir = "/var/lib/slurm-vc"  # SiteConfig.state_dir's default
-    try:
-        data = read_toml(source)
-    except ConfigError as exc:
-        raise StateError(f"cannot read state_dir: {exc}") from None
+    data = read_toml(source)  # a ConfigError is the admin's (exit 3), not the job state's
     value = data.get("state_dir", default_state_dir)
     if not isinstance(value, str) or not value.startswith("/"):
-        raise StateError(f"{source}: state_dir must be an absolute path")
+        raise ConfigError(f"{source}: key 'state_dir': must be an absolute path, got {value!r}")
     return value

@@ -30,7 +30,7 @@ from .network import TAP_PREFIX, JobNetwork
 
 TABLE_PREFIX = "slurm_vc_"
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the prolog runs without PATH
-_TABLE_RE = re.compile(r"^" + TABLE_PREFIX + r"([0-9]+)$")
+_TABLE_RE = re.compile(r"^" + TABLE_PREFIX + r"([0-9]+)\Z")
 
 
 # ----------------------------------------------------------------------------- running tools

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # only a type here: importing network.py does not pull in pyd
 IFNAMSIZ = 15  # longest Linux interface name (16 bytes with the NUL)
 TAP_PREFIX = "vct"  # every guest tap starts with this; the isolation rules rely on it
 HOSTFILE_FORMATS = ("openmpi", "mpich", "spark", "plain")
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _FORMAT_FIELDS = {"job", "index", "node"}
 
 
@@ -147,17 +147,48 @@ def domain_name(job_id: int, node: str) -> str:
     return f"vc-{job_id}-{node}"
 
 
+def check_hostname_format(hostname_format: str) -> None:
+    """Raise ValueError (a message for the admin) unless ``hostname_format`` is a ``str.format``
+    pattern over ``{job}``, ``{index}`` and ``{node}`` alone, without format specs or conversions
+    (``{index:>99999999}`` would build a huge string), that gives a valid host name for a sample guest."""
+    try:
+        fields = list(string.Formatter().parse(hostname_format))
+    except ValueError as exc:
+        raise ValueError(f"{hostname_format!r} is not a valid pattern: {exc}") from None
+    names = {name for _, name, _, _ in fields if name is not None}
+    unknown = names - _FORMAT_FIELDS
+    if unknown:
+        raise ValueError(
+            f"{hostname_format!r}: unknown field(s) {', '.join(repr(n) for n in sorted(unknown))};"
+            " use {job}, {index} and {node}"
+        )
+    if any(spec or conversion for _, name, spec, conversion in fields if name is not None):
+        raise ValueError(
+            f"{hostname_format!r}: use plain {{job}}, {{index}} and {{node}}, without ':' or '!'"
+        )
+    sample = hostname_format.format(job=1234, index=0, node="node1").lower()
+    if not _LABEL_RE.match(sample):
+        raise ValueError(
+            f"{hostname_format!r} gives {sample!r} for job 1234, guest 0 on node1, which is not a valid host"
+            " name (letters, digits and '-', at most 63, no leading/trailing '-')"
+        )
+
+
+def check_domain(domain: str) -> None:
+    """Raise ValueError unless ``domain`` is empty or a DNS name of valid labels (at most 200 chars)."""
+    labels = domain.lower().split(".")
+    if domain and (len(domain) > 200 or not all(_LABEL_RE.match(label) for label in labels)):
+        raise ValueError(
+            f"{domain!r} is not a DNS domain: dot-separated labels of letters, digits and '-'"
+            " (no leading/trailing '-'), at most 200 characters; or empty for no domain"
+        )
+
+
 def _hostname(settings: NetworkSettings, job_id: int, index: int, node: str) -> str:
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(settings.hostname_format) if name}
+        check_hostname_format(settings.hostname_format)
     except ValueError as exc:
-        raise ConfigError(f"network.hostname_format {settings.hostname_format!r}: {exc}") from None
-    unknown = fields - _FORMAT_FIELDS
-    if unknown:
-        raise ConfigError(
-            f"network.hostname_format {settings.hostname_format!r}: unknown field(s) "
-            f"{', '.join(sorted(unknown))}; use {{job}}, {{index}} and {{node}}"
-        )
+        raise ConfigError(f"network.hostname_format {exc}") from None
     name = settings.hostname_format.format(job=job_id, index=index, node=node).lower()
     if not _LABEL_RE.match(name):
         raise ConfigError(

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .errors import HostError, PlacementError, RequestError
 from .topology import HostTopology, human_size
-from .units import MIB, format_cpulist
+from .units import MIB, format_cpulist, format_size
 
 if TYPE_CHECKING:  # imported for annotations only: keeps ``import slurm_vc.plan`` free of pydantic
     from .config import SiteConfig
@@ -173,6 +173,12 @@ def _choose_vcpus(request: VClusterRequest, image_default: int | None, slots: li
     return wanted
 
 
+def _at_most(allocated: int, reserve: int) -> str:
+    """The largest ``mem=`` that fits, as the request grammar writes it (whole MiB), or nothing."""
+    room = max(allocated - reserve, 0) // MIB * MIB
+    return f"ask for at most mem={format_size(room)} " if room else ""
+
+
 def _guest_memory(
     request: VClusterRequest, image_default: int | None, allocated: int, reserve: int
 ) -> tuple[int, str]:
@@ -180,7 +186,7 @@ def _guest_memory(
     if allocated <= 0:
         raise PlacementError("the job has no memory allocated on this node; ask Slurm for memory (--mem)")
     if request.memory is not None:
-        memory, origin = request.memory, f"mem={human_size(request.memory)} was requested"
+        memory, origin = request.memory, f"mem={format_size(request.memory)} was requested"
     elif image_default is not None:
         memory, origin = image_default, f"image {request.image!r} defaults to {human_size(image_default)}"
     else:
@@ -197,14 +203,14 @@ def _guest_memory(
     if memory > allocated:
         raise PlacementError(
             f"{origin} but the job has only {human_size(allocated)} on this node; "
-            f"ask for at most {human_size(max(allocated - reserve, 0))} (the site keeps "
-            f"{human_size(reserve)} for the host) or ask Slurm for more memory"
+            f"{_at_most(allocated, reserve)}(the site keeps {human_size(reserve)} for the host) or ask Slurm"
+            " for more memory"
         )
     if memory + reserve > allocated:
         raise PlacementError(
             f"no memory left for the host: {origin}, plus {human_size(reserve)} the site keeps for the host "
             f"(host.reserved_memory), is more than the job's {human_size(allocated)} on this node; "
-            f"ask for at most {human_size(max(allocated - reserve, 0))}"
+            f"{_at_most(allocated, reserve)}or ask Slurm for more memory"
         )
     return memory, f"memory {human_size(memory)}: {origin}"
 
@@ -217,16 +223,17 @@ def _check_page_size(
         return
     for node in nodes:
         pools = topology.nodes[node].hugepages_total if node in topology.nodes else {}
-        if pools and page_size not in pools:
-            offered = ", ".join(human_size(size) for size in pools)
+        if page_size not in pools:
+            offered = f"only {', '.join(human_size(size) for size in pools)}" if pools else "no"
             if request.page_size is not None:
+                choices = "".join(f"pages={human_size(size)} or " for size in pools)
                 raise PlacementError(
-                    f"pages={human_size(page_size)} was requested but host node {node} offers only "
-                    f"{offered} hugepages; use pages={'/'.join(human_size(s) for s in pools)} or pages=none"
+                    f"pages={human_size(page_size)} was requested but host node {node} offers {offered}"
+                    f" hugepages; use {choices}pages=none"
                 )
             raise HostError(
-                f"the site's host.hugepage_size = {human_size(page_size)} but host node {node} offers only "
-                f"{offered} hugepages (kernel pools under devices/system/node/node{node}/hugepages)"
+                f"the site's host.hugepage_size = {human_size(page_size)} but host node {node} offers"
+                f" {offered} hugepages (kernel pools under devices/system/node/node{node}/hugepages)"
             )
 
 
@@ -362,11 +369,21 @@ def place(
         cell_memory = share // granule * granule
         if cell_memory < granule:
             needed = -(-granule * vcpus // fewest)  # ceil: the smallest memory giving every cell one page
+            needed = -(-needed // granule) * granule
+            if needed + config.host.reserved_memory <= allocated_memory:
+                hint = f"ask for at least mem={format_size(needed)} or a smaller page size"
+            else:
+                kept = human_size(config.host.reserved_memory)
+                hint = (
+                    f"that needs at least {format_size(needed)} for the guest, more than the job's"
+                    f" {human_size(allocated_memory)} on this node less the {kept} kept for the host:"
+                    " use a smaller page size (pages=2M or pages=none), fewer vCPUs,"
+                    " or ask Slurm for more memory"
+                )
             raise PlacementError(
                 f"guest memory {human_size(memory)} split over {len(cell_cpus)} NUMA "
                 f"cell{'s' if len(cell_cpus) != 1 else ''} gives cell {index} (host node {node}) "
-                f"{human_size(share)}, less than one {human_size(granule)} page; "
-                f"ask for at least {human_size(-(-needed // granule) * granule)} or a smaller page size"
+                f"{human_size(share)}, less than one {human_size(granule)} page; {hint}"
             )
         cells.append(GuestCell(id=index, host_node=node, vcpus=tuple(cell_vcpus), memory=cell_memory))
     total = sum(cell.memory for cell in cells)

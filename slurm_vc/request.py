@@ -4,7 +4,8 @@ Grammar (documented in README and docs/admin.md)::
 
     REQUEST := IMAGE ( "," OPTION )*
     OPTION  := "vcpus=" N          vCPUs per guest (default: one per allocated physical core)
-             | "mem=" SIZE         guest memory (default: the job's memory on the node, less host reserve)
+             | "mem=" SIZE         guest memory, a whole number of MiB (default: the job's memory on
+                                   the node, less host reserve)
              | "pages=" 2M|1G|none hugepage size (default: the site's)
 
 At submit time only the catalog is consulted (image files need not be visible on login nodes).
@@ -18,13 +19,13 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from .configfile import PAGE_SIZES, Catalog
 from .errors import RequestError, UsageError
-from .units import SIZE_HELP, parse_size
+from .units import MIB, SIZE_HELP, format_size, parse_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import SiteConfig
 
 MAX_REQUEST_LENGTH = 256
-_ALLOWED_CHARS_RE = re.compile(r"^[A-Za-z0-9._=,-]*$")
+_ALLOWED_CHARS_RE = re.compile(r"[A-Za-z0-9._=,-]*")  # fullmatch: "$" would allow a final "\n"
 OPTION_KEYS = ("vcpus", "mem", "pages")
 GRAMMAR_HELP = "IMAGE[,vcpus=N][,mem=SIZE][,pages=2M|1G|none]"
 
@@ -44,7 +45,10 @@ class VClusterRequest:
         if self.vcpus is not None:
             parts.append(f"vcpus={self.vcpus}")
         if self.memory is not None:
-            parts.append(f"mem={self.memory // (1024 * 1024)}M")
+            # MiB, unless that needs more digits than the grammar takes (mem=999999999999999T):
+            # then the largest exact unit, which never has more digits than the value parsed.
+            mib = str(self.memory // MIB) + "M"
+            parts.append("mem=" + (mib if len(mib) <= 16 else format_size(self.memory)))
         if self.page_size is not None:
             parts.append("pages=" + {v: k for k, v in PAGE_SIZES.items()}[self.page_size])
         return ",".join(parts)
@@ -62,16 +66,21 @@ def parse_request(text: str, config: Union[SiteConfig, Catalog]) -> VClusterRequ
         raise RequestError(
             f"--vcluster value is {len(text)} characters long; at most {MAX_REQUEST_LENGTH} allowed"
         )
-    if not _ALLOWED_CHARS_RE.match(text):
-        bad = sorted({ch for ch in text if not _ALLOWED_CHARS_RE.match(ch)})
+    if not _ALLOWED_CHARS_RE.fullmatch(text):
+        bad = sorted({ch for ch in text if not _ALLOWED_CHARS_RE.fullmatch(ch)})
         shown = " ".join(repr(ch) for ch in bad)
         raise RequestError(
             f"--vcluster value contains {shown}: only letters, digits and . _ - = , are allowed"
             f" ({GRAMMAR_HELP})"
         )
     image, *options = text.split(",")
+    available = ", ".join(sorted(config.images)) or "(none configured)"
+    if image == "":
+        raise RequestError(
+            f"--vcluster {text!r} does not start with an image name: expected {GRAMMAR_HELP};"
+            f" available images: {available}"
+        )
     if image not in config.images:
-        available = ", ".join(sorted(config.images)) or "(none configured)"
         raise RequestError(f"unknown image {image!r} in --vcluster; available images: {available}")
 
     values: dict[str, str] = {}
@@ -98,6 +107,11 @@ def parse_request(text: str, config: Union[SiteConfig, Catalog]) -> VClusterRequ
             memory = parse_size(values["mem"], what="--vcluster mem")
         except UsageError as exc:
             raise RequestError(str(exc)) from None
+        if memory % MIB:
+            raise RequestError(
+                f"--vcluster mem={values['mem']!r}: the guest's memory must be a whole number of MiB"
+                f" (at least 1M, e.g. 512M or 4G); {format_size(memory)} is not"
+            )
     page_size = None
     if "pages" in values:
         if values["pages"] not in PAGE_SIZES:

@@ -39,7 +39,7 @@ STATE_FILE = "state.json"
 JOBS_DIR = "jobs"
 PLANNED = "planned"
 CREATED = "created"
-_JOB_ID_RE = re.compile(r"^[0-9]+$")
+_JOB_ID_RE = re.compile(r"^[0-9]+\Z")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import HostError, UsageError
-from .units import GIB, KIB, MIB, TIB, format_cpulist, parse_cpulist
+from .units import GIB, KIB, MIB, TIB, format_cpulist, parse_cpulist, shortened
 
 
 def human_size(size: int) -> str:
@@ -132,9 +132,14 @@ class HostTopology:
 # ---------------------------------------------------------------------------------------------
 # Reading sysfs
 
-_NUMBERED_RE = {"cpu": re.compile(r"^cpu(\d+)$"), "node": re.compile(r"^node(\d+)$")}
-_POOL_RE = re.compile(r"^hugepages-(\d+)kB$")
-_MEMINFO_RE = re.compile(r"^(?:Node\s+\d+\s+)?([\w()]+):\s+(\d+)(?:\s+kB)?\s*$")
+# All matched with fullmatch ("$" would allow a final "\n") and ASCII digits only (\d takes any
+# Unicode digit).  Numbers read from files are bounded so int() never meets a multi-thousand-digit
+# string (CPython refuses those with a ValueError); file names are short anyway (NAME_MAX).
+MAX_DIGITS = 20  # 2**64 has 20 digits: more than any sysfs counter
+_NUMBERED_RE = {"cpu": re.compile(r"cpu([0-9]+)"), "node": re.compile(r"node([0-9]+)")}
+_POOL_RE = re.compile(r"hugepages-([0-9]+)kB")
+_INT_RE = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}")
+_MEMINFO_RE = re.compile(r"(?:Node\s+[0-9]+\s+)?([A-Za-z0-9_()]+):\s+([0-9]+)(?:\s+kB)?\s*", re.ASCII)
 
 
 def sysfs_root(root: str) -> str:
@@ -164,9 +169,21 @@ def _read(path: str) -> str:
 
 def _read_int(path: str) -> int:
     text = _read(path).strip()
-    if not re.match(r"^-?\d+$", text):
-        raise HostError(f"{path}: expected a whole number, found {text[:40]!r}")
+    if not _INT_RE.fullmatch(text):
+        raise HostError(
+            f"{path}: expected a whole number of at most {MAX_DIGITS} digits, found {shortened(text)}"
+        )
     return int(text)
+
+
+def _listdir(directory: str) -> Optional[list[str]]:
+    """The names in ``directory``; None when it does not exist.  Any other failure is a HostError."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # NotADirectoryError (a file in its place), PermissionError, EIO...
+        raise HostError(f"{directory}: cannot list the directory: {exc.strerror or exc}") from None
 
 
 def _read_cpulist(path: str) -> list[int]:
@@ -179,12 +196,11 @@ def _read_cpulist(path: str) -> list[int]:
 
 def _numbered(directory: str, kind: str) -> list[int]:
     """The N of every ``cpuN``/``nodeN`` directory, sorted."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
+    names = _listdir(directory)
+    if names is None:
         return []
     pattern = _NUMBERED_RE[kind]
-    return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+    return sorted(int(m.group(1)) for m in map(pattern.fullmatch, names) if m)
 
 
 def _parse_meminfo(path: str) -> tuple[int, int]:
@@ -193,9 +209,13 @@ def _parse_meminfo(path: str) -> tuple[int, int]:
     for line in _read(path).splitlines():
         if not line.strip():
             continue
-        match = _MEMINFO_RE.match(line)
+        match = _MEMINFO_RE.fullmatch(line)
         if not match:
-            raise HostError(f"{path}: malformed line {line.strip()[:60]!r}")
+            raise HostError(f"{path}: malformed line {shortened(line.strip(), 60)}")
+        if len(match.group(2)) > MAX_DIGITS:
+            raise HostError(
+                f"{path}: {match.group(1)} has {len(match.group(2))} digits; at most {MAX_DIGITS} allowed"
+            )
         values[match.group(1)] = int(match.group(2))
     for key in ("MemTotal", "MemFree"):
         if key not in values:
@@ -207,12 +227,11 @@ def _read_pools(directory: str) -> tuple[dict[int, int], dict[int, int]]:
     """Hugepage pools under ``directory`` (``hugepages-SIZEkB/``): (total, free) by page size in bytes."""
     total: dict[int, int] = {}
     free: dict[int, int] = {}
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
+    names = _listdir(directory)
+    if names is None:
         return total, free
-    for name in names:
-        match = _POOL_RE.match(name)
+    for name in sorted(names):
+        match = _POOL_RE.fullmatch(name)
         if not match:
             continue
         size = int(match.group(1)) * KIB

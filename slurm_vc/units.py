@@ -12,23 +12,34 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 TIB = 1024 * GIB
 
-_SIZE_RE = re.compile(r"^([0-9]{1,15})([KMGT]?)(i?B)?$", re.IGNORECASE)
+# Used with fullmatch ("$" would allow a final "\n").  Case does not matter (64k, 4gb, 4GiB), but a
+# "B"/"iB" needs the unit letter before it: "4B" is not 4 MiB.
+_SIZE_RE = re.compile(r"([0-9]{1,15})(?:([KMGT])(?:IB|B)?)?", re.IGNORECASE)
 _SIZE_UNITS = {"": MIB, "K": KIB, "M": MIB, "G": GIB, "T": TIB}
 SIZE_HELP = "a whole number with an optional unit K, M, G or T (e.g. 512M, 4G); no unit means MiB"
 
 
+def shortened(text: str, limit: int = 40) -> str:
+    """``repr(text)`` for a message, cut to ``limit`` characters when longer (saying how long it was)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def parse_size(text: str, *, what: str = "size", default_unit: str = "M") -> int:
-    """Parse ``4G``/``512M``/``2048`` (MiB by default) into bytes.  Raises UsageError naming ``what``."""
+    """Parse ``4G``/``512M``/``2048`` (MiB by default) into bytes.  Raises UsageError naming ``what``.
+
+    Accepted: digits, then optionally a unit letter K, M, G or T, optionally followed by ``iB`` or
+    ``B``, in either case (``4G``, ``4GiB``, ``4GB``, ``4gb``).  Units are binary (K = 1024).
+    """
     value = str(text).strip()
-    match = _SIZE_RE.match(value)
+    match = _SIZE_RE.fullmatch(value)
     if not match:
-        raise UsageError(f"invalid {what} {text!r}: expected {SIZE_HELP}")
-    number, unit = int(match.group(1)), match.group(2).upper()
+        raise UsageError(f"invalid {what} {shortened(str(text))}: expected {SIZE_HELP}")
+    number, unit = int(match.group(1)), (match.group(2) or "").upper()
     if not unit:
         unit = default_unit.upper()
     size = number * _SIZE_UNITS[unit]
     if size <= 0:
-        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+        raise UsageError(f"invalid {what} {shortened(str(text))}: must be greater than zero")
     return size
 
 
@@ -40,8 +51,14 @@ def format_size(size: int) -> str:
     return f"{size}B"
 
 
-_CPULIST_RE = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+# Used with fullmatch ("$" would allow a final "\n"); ASCII digits and blanks only (\d and \s take
+# any Unicode digit or space, and int() would read '٣' as 3).  Ids are checked for length before
+# int(), so a 5000-digit id gets the MAX_CPU_ID message rather than int()'s digit-limit ValueError.
+_CPU_ID = r"[ \t]*[0-9]+[ \t]*"
+_CPU_RANGE = rf"{_CPU_ID}(?:-{_CPU_ID})?"
+_CPULIST_RE = re.compile(rf"{_CPU_RANGE}(?:,{_CPU_RANGE})*")
 MAX_CPU_ID = 1 << 16
+_MAX_CPU_ID_DIGITS = len(str(MAX_CPU_ID))
 
 
 def parse_cpulist(text: str, *, what: str = "CPU list") -> list[int]:
@@ -52,19 +69,29 @@ def parse_cpulist(text: str, *, what: str = "CPU list") -> list[int]:
     value = str(text).strip()
     if value == "":
         return []
-    if not _CPULIST_RE.match(value):
-        raise UsageError(f"invalid {what} {text!r}: expected comma-separated ids or ranges like 0-3,8,10-11")
+    shown = shortened(str(text))
+    if not _CPULIST_RE.fullmatch(value):
+        raise UsageError(f"invalid {what} {shown}: expected comma-separated ids or ranges like 0-3,8,10-11")
+
+    def cpu_id(digits: str) -> int:
+        digits = digits.strip(" \t")
+        if len(digits.lstrip("0")) > _MAX_CPU_ID_DIGITS:
+            raise UsageError(
+                f"invalid {what} {shown}: CPU id {shortened(digits, 20)} is larger than {MAX_CPU_ID - 1}"
+            )
+        return int(digits)
+
     cpus: set[int] = set()
     for part in value.split(","):
         if "-" in part:
             low_text, high_text = part.split("-")
-            low, high = int(low_text), int(high_text)
+            low, high = cpu_id(low_text), cpu_id(high_text)
             if high < low:
-                raise UsageError(f"invalid {what} {text!r}: range {part.strip()} runs backwards")
+                raise UsageError(f"invalid {what} {shown}: range {part.strip()} runs backwards")
         else:
-            low = high = int(part)
+            low = high = cpu_id(part)
         if high >= MAX_CPU_ID:
-            raise UsageError(f"invalid {what} {text!r}: CPU id {high} is larger than {MAX_CPU_ID - 1}")
+            raise UsageError(f"invalid {what} {shown}: CPU id {high} is larger than {MAX_CPU_ID - 1}")
         cpus.update(range(low, high + 1))
     return sorted(cpus)
 

@@ -47,11 +47,6 @@ def add_allocation_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="the request, IMAGE[,vcpus=N][,mem=SIZE][,pages=2M|1G|none]",
     )
-    parser.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        help="site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)",
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,9 +21,10 @@ if TYPE_CHECKING:  # heavy imports stay inside run() so ``slurm-vc --help`` star
     from ..domain import GuestDevices
 
 DRY_RUN_JOB = "dryrun"
-_JOB_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+# Both used with fullmatch: "$" would allow a final "\n" (and put it into the XML and the paths).
+_JOB_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # libvirt accepts more, but these names also have to work as file and cgroup names
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,16 +74,16 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError, VcError
     from .plan import plan_from_args
 
-    if not _JOB_RE.match(args.job):
+    if not _JOB_RE.fullmatch(args.job):
         raise UsageError(f"--job {args.job!r}: use 1-32 of letters, digits, '_', '.' and '-'")
-    if args.name is not None and not _NAME_RE.match(args.name):
+    if args.name is not None and not _NAME_RE.fullmatch(args.name):
         raise UsageError(
             f"--name {args.name!r}: start with a letter or digit, then up to 63 of"
             " letters, digits, '_', '.', '+', '-'"
         )
     config, request, _topology, plan = plan_from_args(args)
     name = args.name or default_name(config, args.job)
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise UsageError(f"domain name {name!r} from hostname_format is not usable; pass --name")
     image = config.images[request.image]
     xml = domain_to_string(

@@ -7,7 +7,10 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("guest", help="guest index, hostname or Slurm node name")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="optional command (default: a login shell)")
+    command = parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="optional command (default: a login shell)"
+    )
+    command.required = False  # argparse counts a REMAINDER as required when it reports missing ones
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ def task_prolog(environ, out: TextIO, config_path: Optional[str] = None) -> int:
         return 0
     job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
     try:
-        state_dir = jobenv.state_dir_from_file(config_path or environ.get(jobenv.CONFIG_ENV))
+        state_dir = jobenv.state_dir_from_file(config_path or environ.get(jobenv.CONFIG_ENV) or None)
         view = jobenv.load(jobenv.jobenv_dir(state_dir, job_id or "x"))
     except VcError as exc:
         _say(out, f"slurm-vc: job {job_id}: the virtual cluster is not available on this node: {exc}")

@@ -47,7 +47,7 @@ from ..errors import UsageError
 DEFAULT_NAME = "vcsbx"
 DEFAULT_ROOT = "/var/lib/slurm-vc-sandbox"
 DEFAULT_RUN_ROOT = "/run/slurm-vc-sandbox"
-NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}\Z")
 MAX_NODES = 32
 DEFAULT_BRIDGE_MTU = 9000
 SLURMD_PORT = 6818  # every slurmd has its own network namespace, so one port serves all

@@ -162,6 +162,7 @@ def test_missing_required_argument(capsys):
 def test_plan_from_args_is_reusable(config_file):
     parser = argparse.ArgumentParser()
     add_allocation_arguments(parser)
+    parser.add_argument("--config")  # the CLI adds it to every subcommand
     args = parser.parse_args(
         [
             "--topology",

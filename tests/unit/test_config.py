@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,25 @@ def test_malformed_toml_names_file(tmp_path):
         ({"host": {"reserved_memory": 1.5}}, "no unit means MiB"),
         ({"host": {"reserved_memory": True}}, "host.reserved_memory"),
         ({"images": {"x": {"disk": "/a", "default_memory": 0}}}, "greater than zero"),
+        # TOML types are kept: no silent conversions
+        ({"host": {"reserved_cores": True}}, "host.reserved_cores"),
+        ({"host": {"reserved_cores": 1.0}}, "host.reserved_cores"),
+        ({"host": {"reserved_cores": "2"}}, "host.reserved_cores"),
+        ({"host": {"lock_memory": "yes"}}, "host.lock_memory"),
+        ({"host": {"nosharepages": 0}}, "host.nosharepages"),
+        ({"timeouts": {"ready": "120"}}, "timeouts.ready"),
+        ({"images": {"x": {"disk": "/a", "default_vcpus": "4"}}}, "images.x.default_vcpus"),
+        # control characters would end up in paths, XML and command lines
+        ({"images": {"x": {"disk": "/x\u0001y"}}}, "control characters"),
+        ({"images": {"x": {"kernel": "/k", "cmdline": "a\u0000b"}}}, "images.x.cmdline"),
+        ({"host": {"emulator": "/usr/bin/q\u0007"}}, "host.emulator"),
+        ({"state_dir": "/var/lib/vc\n"}, "state_dir"),
+        # paths the daemons use must be absolute
+        ({"state_dir": "relative/dir"}, "absolute path"),
+        ({"state_dir": ""}, "absolute path"),
+        ({"runtime_dir": "run"}, "runtime_dir"),
+        ({"job_key_secret": "munge.key"}, "job_key_secret"),
+        ({"host": {"emulator": "qemu-system-x86_64"}}, "host.emulator"),
         ({"network": {"subnet": "8.8.8.0/24"}}, "private"),
         ({"network": {"subnet": "10.0.0.0/28"}}, "/24 or larger"),
         ({"network": {"mac_prefix": "53:54:00"}}, "unicast"),
@@ -93,3 +113,39 @@ def test_reserved_memory_may_be_zero(value):
 
 def test_default_reserved_memory_is_one_gib():
     assert config_from_mapping({}).host.reserved_memory == 1024 * MIB
+
+
+def test_toml_types_that_are_exact_still_load():
+    config = config_from_mapping(
+        {"timeouts": {"ready": 90, "lock": 2.5}, "host": {"reserved_cores": 2, "lock_memory": True}}
+    )
+    assert config.timeouts.ready == 90.0 and config.timeouts.lock == 2.5
+    assert config.host.reserved_cores == 2 and config.host.lock_memory is True
+
+
+def test_config_file_must_be_a_small_regular_file(tmp_path):
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config("/dev/zero")
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):  # and does not block
+        load_config(str(fifo))
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (4 * 1024 * 1024) + "\n")
+    with pytest.raises(ConfigError, match="too large for a site config"):
+        load_config(str(big))
+
+
+def test_deeply_nested_toml_is_a_config_error(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(str(deep))
+
+
+def test_empty_config_flag_is_an_error(monkeypatch, config_file):
+    monkeypatch.setenv("SLURM_VC_CONFIG", str(config_file))
+    with pytest.raises(ConfigError, match="--config: the path is empty"):
+        load_config("")

@@ -15,7 +15,7 @@ from slurm_vc import config as site_config
 from slurm_vc import jobenv, jobkey, network
 from slurm_vc.commands import prolog as prolog_cmd
 from slurm_vc.commands import task_prolog
-from slurm_vc.errors import HostError, HypervisorError, PlacementError, StateError, UsageError
+from slurm_vc.errors import ConfigError, HostError, HypervisorError, PlacementError, StateError, UsageError
 from slurm_vc.slurm import JobFacts
 
 ME = (os.getuid(), os.getgid())
@@ -119,6 +119,15 @@ def test_load_errors(tmp_path):
     (tmp_path / "guests.json").write_text('{"version": 1, "job_id": 1}')
     with pytest.raises(StateError, match="malformed"):
         jobenv.load(tmp_path)
+    for not_an_object in ("[1, 2]", '"text"', "null"):
+        (tmp_path / "guests.json").write_text(not_an_object)
+        with pytest.raises(StateError, match="malformed"):
+            jobenv.load(tmp_path)
+    (tmp_path / "guests.json").write_text(
+        '{"version": 1, "job_id": 1, "node": "n", "guests": [1], "local": []}'
+    )
+    with pytest.raises(StateError, match="malformed"):
+        jobenv.load(tmp_path)
 
 
 def test_find_job_dir_and_state_dir(tmp_path):
@@ -131,8 +140,11 @@ def test_find_job_dir_and_state_dir(tmp_path):
     assert jobenv.state_dir_from_file(str(toml)) == "/srv/vc"
     toml.write_text('[host]\ndomain_type = "qemu"\n')
     assert jobenv.state_dir_from_file(str(toml)) == "/var/lib/slurm-vc"
-    with pytest.raises(StateError, match="cannot read state_dir"):
+    with pytest.raises(ConfigError, match="configuration file not found"):  # the admin's: exit 3
         jobenv.state_dir_from_file(str(tmp_path / "missing.toml"))
+    toml.write_text('state_dir = "relative/dir"\n')
+    with pytest.raises(ConfigError, match="key 'state_dir': must be an absolute path"):
+        jobenv.state_dir_from_file(str(toml))
 
 
 # --------------------------------------------------------------------------- the job key

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from slurm_vc import netdev
-from slurm_vc.config import NetworkSettings
+from slurm_vc.config import NetworkSettings, config_from_mapping
 from slurm_vc.errors import ConfigError, NetworkError, PlacementError, SlurmError, UsageError
 from slurm_vc.network import (
     IFNAMSIZ,
@@ -148,8 +148,8 @@ def test_hostname_format_fields_and_errors():
         job_network(3, ["Node_A"], NetworkSettings(hostname_format="j{job}-{node}"))
     ok = job_network(3, ["NodeA", "nodeb"], NetworkSettings(hostname_format="vm-{node}", domain=""))
     assert [(g.hostname, g.fqdn) for g in ok.guests] == [("vm-nodea", "vm-nodea"), ("vm-nodeb", "vm-nodeb")]
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) user"):
-        job_network(3, ["n1"], NetworkSettings(hostname_format="{user}-{index}"))
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) 'user'"):  # also past the config check
+        job_network(3, ["n1"], NetworkSettings.model_construct(hostname_format="{user}-{index}"))
     with pytest.raises(ConfigError, match=r"same host name"):
         job_network(3, ["n1", "n2"], NetworkSettings(hostname_format="vc{job}"))
 
@@ -168,8 +168,10 @@ def test_bad_node_lists_and_vcpus():
 
 
 def test_bad_allowed_ports_and_block_prefix():
-    with pytest.raises(ConfigError, match=r"allowed_host_ports: \[0, 70000\]"):
-        job_network(1, ["n1"], NetworkSettings(allowed_host_ports=[22, 0, 70000]))
+    with pytest.raises(ConfigError, match=r"network.allowed_host_ports.*TCP ports are 1-65535, got 0, 70000"):
+        config_from_mapping({"network": {"allowed_host_ports": [22, 0, 70000]}})
+    with pytest.raises(ConfigError, match=r"allowed_host_ports: \[0, 70000\]"):  # also past the config check
+        job_network(1, ["n1"], NetworkSettings.model_construct(allowed_host_ports=[22, 0, 70000]))
     with pytest.raises(ValueError, match="block_prefix must be longer"):
         NetworkSettings(subnet="10.0.0.0/24", block_prefix=24)
 
@@ -317,3 +319,31 @@ def test_without_nft_teardown_is_a_no_op_and_apply_says_what_is_missing(monkeypa
     with pytest.raises(NetworkError, match=r"'nft' is not installed"):
         netdev.apply_isolation(net)
     netdev.apply_isolation(job_network(7, NODES, SMALL.model_copy(update={"isolation": "none"})))()
+
+
+@pytest.mark.parametrize(
+    "hostname_format,needle",
+    [
+        ("{user}-{index}", "unknown field(s) 'user'"),
+        ("{index:>99999999999}", "without ':' or '!'"),
+        ("{job!r}-{index}", "without ':' or '!'"),
+        ("vc{job", "not a valid pattern"),
+        ("bad name {index}", "not a valid host name"),
+        ("{job.real}", "unknown field(s) 'job.real'"),
+    ],
+)
+def test_hostname_format_is_checked_when_the_config_loads(hostname_format, needle):
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"network": {"hostname_format": hostname_format}}, source="site.toml")
+    assert "network.hostname_format" in str(info.value) and needle in str(info.value)
+
+
+@pytest.mark.parametrize("domain", ["bad domain!", "-x.vc", "a..b", "x" * 201])
+def test_domain_must_be_dns(domain):
+    with pytest.raises(ConfigError, match="network.domain.*not a DNS domain"):
+        config_from_mapping({"network": {"domain": domain}})
+
+
+@pytest.mark.parametrize("domain", ["", "vc", "cluster.example.org"])
+def test_valid_domains(domain):
+    assert config_from_mapping({"network": {"domain": domain}}).network.domain == domain

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from functools import cache
 from pathlib import Path
 
@@ -308,13 +309,15 @@ def test_more_vcpus_than_cores_names_both_numbers():
 
 def test_memory_more_than_the_allocation():
     config = site()
-    with pytest.raises(PlacementError, match=r"mem=100G was requested but the job has only 64G.*at most 63G"):
+    with pytest.raises(
+        PlacementError, match=r"mem=100G was requested but the job has only 64G.*at most mem=63G"
+    ):
         place(req("hpc,mem=100G", config), config, topo("cray-xc30"), range(24), 64 * GIB)
 
 
 def test_no_memory_left_for_the_host():
     config = site()
-    with pytest.raises(PlacementError, match=r"no memory left for the host.*at most 63G"):
+    with pytest.raises(PlacementError, match=r"no memory left for the host.*at most mem=63G"):
         place(req("hpc,mem=64G", config), config, topo("cray-xc30"), range(24), 64 * GIB)
 
 
@@ -341,14 +344,36 @@ def test_memory_below_one_page_per_cell():
     with pytest.raises(PlacementError) as info:
         place(req("hpc,mem=1G,pages=1G", config), config, topo("cray-xc30"), range(24), 64 * GIB)
     message = str(info.value)
-    assert "less than one 1G page" in message and "at least 2G" in message
+    assert "less than one 1G page" in message and "at least mem=2G" in message
+
+
+def test_memory_below_one_page_suggestion_fits_the_job():
+    """The plan does not suggest a size the job cannot have: 2 cells of 1G pages need 2G, the job has 2G."""
+    config = site()
+    with pytest.raises(PlacementError) as info:
+        place(req("hpc,pages=1G", config), config, topo("cray-xc30"), range(24), 2 * GIB)
+    message = str(info.value)
+    assert "mem=" not in message.split("page;")[1]
+    assert "needs at least 2G for the guest" in message and "pages=2M or pages=none" in message
+
+
+def test_suggested_sizes_are_valid_requests():
+    """Every mem=SIZE a placement error suggests parses as a request again (whole MiB, no decimals)."""
+    config = site()
+    with pytest.raises(PlacementError) as info:
+        place(req("hpc,mem=2049M", config), config, topo("cray-xc30"), range(24), 2 * GIB + 512 * 1024)
+    message = str(info.value)
+    assert "mem=2049M was requested" in message
+    suggested = re.search(r"at most (mem=\S+)", message).group(1)
+    assert suggested == "mem=1024M" or suggested == "mem=1G"
+    req(f"hpc,{suggested}", config)  # parses
 
 
 def test_memory_below_one_page_uneven_cells():
     config = site()
     # 11 vCPUs on node 0, 1 on node 1: the small cell needs 12 x 2M in total
     cpus = list(range(0, 11)) + [12]
-    with pytest.raises(PlacementError, match=r"cell 1 \(host node 1\).*at least 24M"):
+    with pytest.raises(PlacementError, match=r"cell 1 \(host node 1\).*at least mem=24M"):
         place(req("hpc,mem=20M", config), config, topo("cray-xc30"), cpus, 8 * GIB)
     plan = place(req("hpc,mem=24M", config), config, topo("cray-xc30"), cpus, 8 * GIB)
     assert [c.memory for c in plan.cells] == [22 * MIB, 2 * MIB]
@@ -388,6 +413,26 @@ def test_page_size_the_host_does_not_offer():
     config = site(hugepage_size="1G")
     with pytest.raises(HostError, match=r"host.hugepage_size = 1G but host node 0 offers only 2M"):
         place(req(config=config), config, host, [0, 1], 4 * GIB)
+
+
+def test_host_without_hugepage_pools():
+    """A kernel without hugetlb pools (no hugepages/ directory) cannot back a hugepage guest."""
+    host = topo("vm-2core")
+    host = dataclasses.replace(
+        host,
+        nodes={
+            n: dataclasses.replace(node, hugepages_total={}, hugepages_free={})
+            for n, node in host.nodes.items()
+        },
+    )
+    config = site()
+    with pytest.raises(
+        PlacementError, match=r"pages=1G was requested but host node 0 offers no hugepages; use pages=none"
+    ):
+        place(req("hpc,pages=1G", config), config, host, [0, 1], 4 * GIB)
+    with pytest.raises(HostError, match=r"host.hugepage_size = 2M but host node 0 offers no hugepages"):
+        place(req(config=config), config, host, [0, 1], 4 * GIB)
+    assert place(req("hpc,pages=none", config), config, host, [0, 1], 4 * GIB).page_size == 0
 
 
 # --- invariants over many random allocations --------------------------------------------------

@@ -109,6 +109,15 @@ def test_render_agrees_with_plan(capsys, config_file):
         (["--name", "a/b"], "--name 'a/b'"),
         (["--job", "x y"], "--job 'x y'"),
         (["--topology", "/nonexistent-sysfs"], "not a directory"),
+        (["--name", "vc1\n"], "--name 'vc1\\n'"),  # "$" matched before a final newline
+        (["--job", "7\n"], "--job '7\\n'"),
+        (["--cpus", "０-１"], "invalid --cpus '０-１'"),
+        (["--cpus", "٠"], "invalid --cpus"),
+        (["--cpus", "0," + "1" * 5000], "is larger than 65535"),
+        (["--mem", "4B"], "invalid --mem '4B'"),
+        (["--mem", "4iB"], "invalid --mem '4iB'"),
+        (["--vcluster", ","], "',' does not start with an image name"),
+        (["--vcluster", "centos7-hpc,mem=4K"], "whole number of MiB"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(capsys, extra, message):
@@ -121,6 +130,22 @@ def test_bad_input_is_one_line_and_nonzero(capsys, extra, message):
     assert code in (2, 4), err
     assert out == ""
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("relative", ["devices/system/node", "devices/system/node/node0/hugepages"])
+def test_broken_topology_is_a_host_error(capsys, tmp_path, relative):
+    """A file where sysfs has a directory was 'internal error: NotADirectoryError' (exit 1)."""
+    topology = tmp_path / "vm-2core"
+    shutil.copytree(REPO / "tests" / "fixtures" / "sysfs" / "vm-2core", topology)
+    shutil.rmtree(topology / relative)
+    (topology / relative).write_text("x\n")
+    code, out, err = render(
+        capsys, "render", "--topology", str(topology), "--cpus", "0-1", "--mem", "3G",
+        "--vcluster", "centos7-hpc", "--config", EXAMPLE,
+    )  # fmt: skip
+    assert code == 6 and out == ""
+    assert f"{topology / relative}: cannot list the directory: Not a directory" in err
+    assert err.count("\n") == 1 and "internal error" not in err
 
 
 def test_missing_config_is_a_config_error(capsys, tmp_path):

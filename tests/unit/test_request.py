@@ -7,7 +7,7 @@ from slurm_vc.cli import main
 from slurm_vc.configfile import Catalog, catalog_from_mapping
 from slurm_vc.errors import EXIT_CONFIG, EXIT_USAGE, RequestError
 from slurm_vc.request import MAX_REQUEST_LENGTH, parse_request
-from slurm_vc.units import GIB
+from slurm_vc.units import GIB, MIB, SIZE_HELP, TIB
 
 
 def test_plain_image(site_config):
@@ -46,6 +46,53 @@ def test_bad_requests(site_config, value, needle):
     assert needle in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ("tiny,mem=4G\n", "contains '\\n': only letters"),  # "$" matched before a final newline
+        ("tiny\n", "contains '\\n'"),
+        (",", "',' does not start with an image name"),
+        (",mem=4G", "does not start with an image name: expected IMAGE[,vcpus=N]"),
+        ("tiny,mem=4B", f"invalid --vcluster mem '4B': expected {SIZE_HELP}"),
+        ("tiny,mem=4iB", f"invalid --vcluster mem '4iB': expected {SIZE_HELP}"),
+        ("tiny,mem=4kb", "mem='4kb': the guest's memory must be a whole number of MiB"),
+        ("tiny,mem=4K", "mem='4K': the guest's memory must be a whole number of MiB"),
+        ("tiny,mem=4k", "whole number of MiB"),
+        ("tiny,mem=1025K", "1025K is not"),
+    ],
+)
+def test_bad_requests_found_by_fuzzing(site_config, value, needle):
+    with pytest.raises(RequestError) as info:
+        parse_request(value, site_config)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_empty_image_lists_the_available_images(site_config):
+    with pytest.raises(RequestError, match="available images: centos7-hpc, tiny"):
+        parse_request(",vcpus=2", site_config)
+
+
+@pytest.mark.parametrize(
+    "mem,memory,spec",
+    [
+        ("1024K", MIB, "mem=1M"),
+        ("4GiB", 4 * GIB, "mem=4096M"),
+        ("4GB", 4 * GIB, "mem=4096M"),
+        ("4g", 4 * GIB, "mem=4096M"),
+        ("2048", 2048 * MIB, "mem=2048M"),
+        ("000000000000001", MIB, "mem=1M"),
+        ("999999999999999", 999999999999999 * MIB, "mem=999999999999999M"),
+        ("999999999999999G", 999999999999999 * GIB, "mem=999999999999999G"),
+        ("999999999999999T", 999999999999999 * TIB, "mem=999999999999999T"),
+    ],
+)
+def test_canonical_form_parses_back_to_the_same_request(site_config, mem, memory, spec):
+    request = parse_request(f"tiny,mem={mem},pages=none", site_config)
+    assert request.memory == memory
+    assert request.to_spec() == f"tiny,{spec},pages=none"
+    assert parse_request(request.to_spec(), site_config) == request
+
+
 def test_cli_validate_ok(config_file, capsys):
     assert main(["--config", str(config_file), "validate-request", "tiny,vcpus=2"]) == 0
     assert capsys.readouterr().out.strip() == "tiny,vcpus=2"
@@ -56,6 +103,21 @@ def test_cli_validate_rejects_one_line(config_file, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "unknown image 'nosuch'" in err and "centos7-hpc, tiny" in err
+
+
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ("centos7-hpc,mem=4G\n", "contains '\\n'"),
+        ("centos7-hpc,mem=4kb", "whole number of MiB"),
+        ("centos7-hpc,mem=4K", "whole number of MiB"),
+        (",", "does not start with an image name"),
+    ],
+)
+def test_cli_validate_rejects_fuzzed_values(config_file, capsys, value, needle):
+    assert main(["--config", str(config_file), "validate-request", value]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and needle in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_missing_config(tmp_path, capsys):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from slurm_vc import topology as topology_module
 from slurm_vc.errors import HostError
 from slurm_vc.topology import human_size, read_topology, sysfs_root, topology_to_dict
 
@@ -227,6 +230,117 @@ def test_no_online_cpus(small_host):
     (small_host / "devices/system/cpu/online").write_text("\n")
     with pytest.raises(HostError, match="no online CPUs"):
         read_topology(str(small_host))
+
+
+@pytest.fixture
+def vm_copy(tmp_path) -> Path:
+    """A writable copy of the recorded vm-2core host, to break."""
+    root = tmp_path / "vm-2core"
+    shutil.copytree(SYSFS / "vm-2core", root)
+    return root
+
+
+def _assert_one_line_host_error(info, path) -> None:
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["devices/system/node", "devices/system/node/node0/hugepages", "devices/system/cpu/cpu1/topology"],
+)
+def test_file_where_a_directory_should_be_names_the_path(vm_copy, relative):
+    shutil.rmtree(vm_copy / relative)
+    (vm_copy / relative).write_text("not a directory\n")
+    with pytest.raises(HostError) as info:
+        read_topology(str(vm_copy))
+    _assert_one_line_host_error(info, vm_copy / relative)
+
+
+def test_file_where_the_non_numa_pool_directory_should_be(vm_copy):
+    shutil.rmtree(vm_copy / "devices/system/node")
+    (vm_copy / "kernel/mm").mkdir(parents=True)
+    (vm_copy / "kernel/mm/hugepages").write_text("x\n")
+    with pytest.raises(HostError, match="Not a directory") as info:
+        read_topology(str(vm_copy))
+    _assert_one_line_host_error(info, vm_copy / "kernel/mm/hugepages")
+
+
+@pytest.mark.parametrize(
+    "relative", ["devices/system/cpu", "devices/system/node", "devices/system/node/node0/hugepages"]
+)
+@pytest.mark.parametrize(
+    "error",
+    [PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EIO, "Input/output error")],
+    ids=["EACCES", "EIO"],
+)
+def test_unlistable_directory_names_the_path(vm_copy, monkeypatch, relative, error):
+    """As root, chmod 000 does not stop listdir: make it fail the way it does for 'nobody'."""
+    real_listdir = os.listdir
+    target = str(vm_copy / relative)
+
+    def listdir(path):
+        if str(path) == target:
+            raise error
+        return real_listdir(path)
+
+    monkeypatch.setattr(topology_module.os, "listdir", listdir)
+    with pytest.raises(HostError, match=error.strerror) as info:
+        read_topology(str(vm_copy))
+    _assert_one_line_host_error(info, target)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-000 directories anyway")
+def test_mode_000_directory_names_the_path(vm_copy):
+    node_dir = vm_copy / "devices/system/node"
+    node_dir.chmod(0)
+    try:
+        with pytest.raises(HostError, match="Permission denied") as info:
+            read_topology(str(vm_copy))
+    finally:
+        node_dir.chmod(0o755)
+    _assert_one_line_host_error(info, node_dir)
+
+
+HUGE = "9" * 5000  # beyond CPython's 4300-digit int() limit
+
+
+@pytest.mark.parametrize(
+    "relative, content",
+    [
+        ("devices/system/cpu/cpu0/topology/core_id", HUGE),
+        ("devices/system/cpu/cpu1/topology/physical_package_id", HUGE + "\n"),
+        ("devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages", HUGE),
+        ("devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages", "1" * 21),
+        ("devices/system/node/node0/meminfo", f"Node 0 MemTotal: {HUGE} kB\nNode 0 MemFree: 5 kB\n"),
+        ("devices/system/node/node0/meminfo", f"Node 0 MemTotal: 8 kB\nNode 0 MemFree: {HUGE} kB\n"),
+        ("devices/system/node/node0/cpulist", f"0-{HUGE}\n"),
+        ("devices/system/cpu/online", f"0,{HUGE}\n"),
+        ("devices/system/cpu/cpu0/topology/thread_siblings_list", HUGE),
+    ],
+)
+def test_huge_numbers_name_the_file(vm_copy, relative, content):
+    (vm_copy / relative).write_text(content)
+    with pytest.raises(HostError) as info:
+        read_topology(str(vm_copy))
+    _assert_one_line_host_error(info, vm_copy / relative)
+
+
+def test_huge_meminfo_in_proc_names_the_file(tmp_path):
+    """A host without NUMA directories: memory comes from ROOT/proc/meminfo."""
+    shutil.copytree(SYSFS / "vm-2core", tmp_path / "sys")
+    shutil.rmtree(tmp_path / "sys/devices/system/node")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/meminfo").write_text(f"MemTotal: {HUGE} kB\nMemFree: 1 kB\n")
+    with pytest.raises(HostError, match="MemTotal has 5000 digits") as info:
+        read_topology(str(tmp_path))
+    _assert_one_line_host_error(info, tmp_path / "proc/meminfo")
+
+
+def test_twenty_digit_counters_are_still_read(vm_copy):
+    pool = vm_copy / "devices/system/node/node0/hugepages/hugepages-2048kB"
+    (pool / "nr_hugepages").write_text("18446744073709551615\n")  # 2**64 - 1
+    assert read_topology(str(vm_copy)).nodes[0].hugepages_total[M2] == 2**64 - 1
 
 
 def test_live_host():
