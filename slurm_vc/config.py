@@ -35,7 +35,7 @@ class _Strict(BaseModel):
     """Unknown keys are errors, and values keep their TOML types: ``true`` is not a number of cores,
     ``"yes"`` not a boolean, ``"120"`` not a number of seconds (sizes take strings, see _size_field)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     @field_validator("*")
     @classmethod

@@ -14,6 +14,7 @@ At submit time only the catalog is consulted (image files need not be visible on
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -54,6 +55,18 @@ class VClusterRequest:
         return ",".join(parts)
 
 
+MAX_LISTED_IMAGES = 20
+
+
+def _image_list(images: Iterable[str]) -> str:
+    """The catalog's names for an error message, at most MAX_LISTED_IMAGES of them."""
+    names = sorted(images)
+    if not names:
+        return "(none configured)"
+    more = len(names) - MAX_LISTED_IMAGES
+    return ", ".join(names[:MAX_LISTED_IMAGES]) + (f", and {more} more" if more > 0 else "")
+
+
 def parse_request(text: str, config: Union[SiteConfig, Catalog]) -> VClusterRequest:
     """Parse and validate a ``--vcluster`` value against the site catalog.  Raises RequestError.
 
@@ -74,7 +87,7 @@ def parse_request(text: str, config: Union[SiteConfig, Catalog]) -> VClusterRequ
             f" ({GRAMMAR_HELP})"
         )
     image, *options = text.split(",")
-    available = ", ".join(sorted(config.images)) or "(none configured)"
+    available = _image_list(config.images)
     if image == "":
         raise RequestError(
             f"--vcluster {text!r} does not start with an image name: expected {GRAMMAR_HELP};"

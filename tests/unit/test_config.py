@@ -62,6 +62,8 @@ def test_malformed_toml_names_file(tmp_path):
         ({"host": {"lock_memory": "yes"}}, "host.lock_memory"),
         ({"host": {"nosharepages": 0}}, "host.nosharepages"),
         ({"timeouts": {"ready": "120"}}, "timeouts.ready"),
+        ({"timeouts": {"ready": float("nan")}}, "finite number"),
+        ({"timeouts": {"lock": float("inf")}}, "finite number"),
         ({"images": {"x": {"disk": "/a", "default_vcpus": "4"}}}, "images.x.default_vcpus"),
         # control characters would end up in paths, XML and command lines
         ({"images": {"x": {"disk": "/x\u0001y"}}}, "control characters"),

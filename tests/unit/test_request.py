@@ -165,3 +165,11 @@ def test_bad_toml_and_missing_file_are_config_errors(tmp_path, capsys):
     path.write_text("images = [\n")
     assert main(["--config", str(path), "validate-request", "tiny"]) == EXIT_CONFIG
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_unknown_image_lists_at_most_twenty_images():
+    catalog = Catalog(images=frozenset(f"img{i:03d}" for i in range(25)), source="site.toml")
+    with pytest.raises(RequestError) as info:
+        parse_request("nosuch", catalog)
+    message = str(info.value)
+    assert "img000, img001" in message and "img019, and 5 more" in message and "img020" not in message
