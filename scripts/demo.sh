@@ -127,7 +127,7 @@ LAST=""
 STATE=""
 REASON=""
 while :; do
-  # MinJobAge is short in the sandbox: keep the last full record before Slurm forgets the job.
+  # Keep the last full record: Slurm forgets a job MinJobAge after it ends.
   if scontrol_job "$JOB" >"$WORK/job.now" 2>/dev/null; then
     mv "$WORK/job.now" "$WORK/job.txt"
     STATE=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' "$WORK/job.txt" | head -1)

@@ -70,7 +70,9 @@ def render_slurm_conf(layout: SandboxLayout, nodes: Sequence[str], memory_mb: in
         "SlurmctldTimeout=30",
         "MessageTimeout=10",
         "InactiveLimit=0",
-        "MinJobAge=5",
+        # Slurm's default: a finished job's record (state, exit code, Comment, StdOut) stays for 5 min.
+        # At 5 s, a loaded machine that stalled for a few seconds let tests miss a CANCELLED job.
+        "MinJobAge=300",
         "KillWait=2",
         # Slurm 24.11 logs an error unless this is at least 5 x MessageTimeout (22.05 does not check).
         "UnkillableStepTimeout=60",

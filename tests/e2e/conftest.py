@@ -119,13 +119,15 @@ class SandboxHandle:
     def wait_job(self, job_id: int, timeout: float = 300) -> str:
         """Wait until the job reaches a terminal state; returns it (e.g. COMPLETED).  Fails on timeout."""
         deadline = time.monotonic() + timeout
-        state = ""
+        state, seen = "", ""
         while time.monotonic() < deadline:
             state = self.job_info(job_id).get("JobState", "")
+            seen = state or seen
             if state in TERMINAL_JOB_STATES:
                 return state
             time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {state or 'unknown'} after {timeout} s")
+        last = f"last seen {seen}" if seen else "never seen by scontrol"
+        raise AssertionError(f"job {job_id} not finished after {timeout} s ({last}, now {state or 'gone'})")
 
     def job_output(self, job_id: int) -> str:
         """The job's StdOut file content."""
