@@ -290,18 +290,6 @@ def test_unlistable_directory_names_the_path(vm_copy, monkeypatch, relative, err
     _assert_one_line_host_error(info, target)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-000 directories anyway")
-def test_mode_000_directory_names_the_path(vm_copy):
-    node_dir = vm_copy / "devices/system/node"
-    node_dir.chmod(0)
-    try:
-        with pytest.raises(HostError, match="Permission denied") as info:
-            read_topology(str(vm_copy))
-    finally:
-        node_dir.chmod(0o755)
-    _assert_one_line_host_error(info, node_dir)
-
-
 HUGE = "9" * 5000  # beyond CPython's 4300-digit int() limit
 
 
