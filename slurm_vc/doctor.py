@@ -257,10 +257,14 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
             )
             continue
         try:
+            for boot_file in (image.kernel, image.initrd):
+                if boot_file:
+                    check_base_image(boot_file, world_readable=False)
             if image.disk:
                 check_base_image(image.disk)
         except ImageError as exc:
-            checks.append(Check(f"image {name}", FAIL, str(exc), f"chmod o+r {image.disk}"))
+            fix = f"chmod o+r {image.disk}" if "world-readable" in str(exc) else "fix the path in the catalog"
+            checks.append(Check(f"image {name}", FAIL, str(exc), fix))
             continue
         checks.append(Check(f"image {name}", PASS, ", ".join(files)))
     return checks

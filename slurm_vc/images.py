@@ -22,8 +22,12 @@ def overlay_path(job_dir: str | os.PathLike, name: str) -> Path:
     return Path(job_dir) / f"{name}.qcow2"
 
 
-def check_base_image(base_image: str | os.PathLike) -> Path:
-    """The base image as an absolute path, after checking it is a readable regular file."""
+def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = True) -> Path:
+    """The base image as an absolute path, after checking it is a readable regular file.
+
+    ``world_readable=False`` for a direct-kernel-boot kernel or initrd, which libvirt hands to QEMU
+    itself (it relabels them), unlike the shared disk image it is told not to relabel.
+    """
     path = Path(base_image)
     if not path.is_absolute():
         raise ImageError(f"catalog image path {str(path)!r} must be absolute")
@@ -36,7 +40,7 @@ def check_base_image(base_image: str | os.PathLike) -> Path:
             handle.read(512)
     except OSError as exc:
         raise ImageError(f"catalog image {path} is not readable: {exc.strerror}") from None
-    if not path.stat().st_mode & 0o004:
+    if world_readable and not path.stat().st_mode & 0o004:
         # QEMU runs as an unprivileged user, and the domain XML tells libvirt not to relabel
         # (chown) the shared catalog image, so QEMU reads it through the "other" bits.
         raise ImageError(f"catalog image {path} must be world-readable (chmod o+r {path})")

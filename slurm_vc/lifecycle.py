@@ -23,7 +23,6 @@ Everything Slurm-specific stays outside: :class:`NodeJob` holds the facts the li
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +127,11 @@ def start_guest(
             try:
                 _undo_all(state, config, env)
                 state.remove()
-            except VcError as undo_failure:  # keep the original error; gc/epilog retry the rest
+            except Exception as undo_failure:  # keep the original error; gc/epilog retry the rest
+                # Any kind: an OSError here must not replace a user fault with an "internal error"
+                # that drains the node.
+                if not isinstance(undo_failure, VcError):
+                    undo_failure = VcError(f"{type(undo_failure).__name__}: {undo_failure}")
                 if isinstance(failure, VcError):
                     failure.message += f" (and cleaning up failed: {undo_failure}; the epilog or gc retries)"
             raise
@@ -137,7 +140,7 @@ def start_guest(
 def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, hook: CrashHook) -> GuestInfo:
     from . import netdev, network, seed
     from .domain import GuestDevices, render_domain_xml
-    from .images import create_overlay, overlay_path
+    from .images import check_base_image, create_overlay, overlay_path
     from .plan import place
     from .readiness import wait_ready
     from .request import parse_request
@@ -197,6 +200,9 @@ def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, 
     lap("hugepages")
 
     hook("overlay")
+    for boot_file in (image.kernel, image.initrd):
+        if boot_file:  # missing on this node: the user's choice of image (ImageError), not a libvirt fault
+            check_base_image(boot_file, world_readable=False)
     overlay = None
     if image.disk:
         overlay = str(overlay_path(directory, me.domain_name))
@@ -351,16 +357,10 @@ def _undo(kind: str, id: str, details: dict, state: JobState, config: SiteConfig
 
 
 def _remove_link(name: str, netns: Optional[str]) -> None:
-    """Delete a network interface if it exists (idempotent)."""
-    from .netdev import link_info
+    """Delete a network interface if it exists (idempotent); NetworkError if it stays."""
+    from .netdev import delete_link
 
-    if link_info(name, netns=netns) is None:
-        return
-    command = ["ip", "link", "del", name]
-    if netns:
-        path = netns if netns.startswith("/") else f"/run/netns/{netns}"
-        command = ["nsenter", f"--net={path}", "--", *command]
-    subprocess.run(command, capture_output=True, check=False)
+    delete_link(name, netns=netns)
 
 
 # ------------------------------------------------------------------------------ prolog/epilog entry

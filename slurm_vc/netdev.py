@@ -87,6 +87,16 @@ def link_info(name: str, *, netns: Optional[str] = None) -> Optional[dict]:
     return links[0] if links else None
 
 
+def delete_link(name: str, *, netns: Optional[str] = None) -> None:
+    """Delete the interface ``name`` if it exists (idempotent).  NetworkError if it cannot be deleted,
+    so that the caller keeps it recorded and the epilog or gc tries again."""
+    if link_info(name, netns=netns) is None:
+        return
+    result = _run(["ip", "link", "del", name], netns, check=False)
+    if result.returncode != 0 and link_info(name, netns=netns) is not None:
+        raise NetworkError(f"cannot delete interface {name}: {(result.stderr or result.stdout).strip()}")
+
+
 def check_bridge(
     name: str, mtu: int, *, netns: Optional[str] = None, source: str = "the site configuration"
 ) -> None:

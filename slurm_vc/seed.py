@@ -362,3 +362,5 @@ def remove_seed(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise HostError(f"cannot remove the guest seed {path}: {exc.strerror or exc}") from None

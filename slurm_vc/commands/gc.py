@@ -143,6 +143,8 @@ def collect(
             report.reaped.append(what)
         except VcError as exc:
             report.errors.append(f"{what}: {exc}")
+        except Exception as exc:  # one job's unexpected failure must not stop the others' reaping
+            report.errors.append(f"{what}: {type(exc).__name__}: {exc}")
 
     # 1. State directories: the normal teardown, without waiting for a lock.
     for job in sorted(candidates.state_dirs - live):

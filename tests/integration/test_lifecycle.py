@@ -252,6 +252,23 @@ def test_guest_never_ready_times_out_with_console_tail(node_config, env):
     assert_nothing_left(config, env, job)
 
 
+def test_missing_kernel_is_the_users_image_fault_and_cleans_up(node_config, env):
+    """A direct-kernel-boot image whose kernel is not on this node: ImageError (no drain), not a libvirt
+    fault, and whatever the prolog made before the check is gone."""
+    from slurm_vc.config import ImageSpec
+    from slurm_vc.errors import ImageError
+
+    tiny = node_config.images["tiny"]
+    broken = tiny.model_copy(update={"kernel": "/nonexistent/slurm-vc/vmlinuz"})
+    assert isinstance(broken, ImageSpec)
+    config = node_config.model_copy(update={"images": {**node_config.images, "gone": broken}})
+    job = make_job(303, "gone,vcpus=1,mem=128M")
+    with pytest.raises(ImageError, match="/nonexistent/slurm-vc/vmlinuz does not exist") as failure:
+        start_guest(job, config, env)
+    assert failure.value.user_fault
+    assert_nothing_left(config, env, job)
+
+
 def test_libvirtd_restart_while_guest_runs(node_config, env, node_libvirtd):
     job = make_job(303)
     info = start_guest(job, node_config, env)

@@ -68,3 +68,38 @@ def test_unknown_resource_kind_is_a_state_error(config):
     record(config, 3, [("mystery", "x", "created", {})])
     with pytest.raises(StateError, match="unknown resource kind 'mystery'"):
         lifecycle.teardown(3, config)
+
+
+def test_a_failing_undo_of_any_kind_keeps_the_original_error(config, monkeypatch):
+    """A user fault stays a user fault (no drain) when cleaning up then fails with a plain OSError."""
+    from slurm_vc.errors import ImageError
+
+    def start(job, config, env, job_state, hook):
+        job_state.plan("seed", "/nonexistent/seed.iso")
+        job_state.created("seed", "/nonexistent/seed.iso")
+        raise ImageError("image 'tiny': /images/tiny.qcow2 does not exist")
+
+    def undo(kind, id, details, job_state, config, env):
+        raise PermissionError(13, "Permission denied", id)
+
+    monkeypatch.setattr(lifecycle, "_start", start)
+    monkeypatch.setattr(lifecycle, "_undo", undo)
+    job = lifecycle.NodeJob(
+        job_id=9, node="n1", nodes=("n1",), cpus=(0,), memory=1 << 30, vcluster="tiny", user="u", uid=0, gid=0
+    )
+    with pytest.raises(ImageError) as info:
+        lifecycle.start_guest(job, config)
+    assert info.value.user_fault
+    assert "does not exist (and cleaning up failed: PermissionError:" in str(info.value)
+    left = state.read_state(config.state_dir, 9)
+    assert [r.kind for r in left.resources] == ["seed"]  # still recorded: the epilog or gc retries
+
+
+def test_remove_seed_that_cannot_be_removed_is_a_host_error(tmp_path):
+    from slurm_vc.errors import HostError
+    from slurm_vc.seed import remove_seed
+
+    remove_seed(str(tmp_path / "missing.iso"))  # idempotent
+    (tmp_path / "dir.iso").mkdir()  # unlink(2) of a directory fails: EISDIR
+    with pytest.raises(HostError, match="cannot remove the guest seed"):
+        remove_seed(str(tmp_path / "dir.iso"))

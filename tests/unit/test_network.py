@@ -347,3 +347,27 @@ def test_domain_must_be_dns(domain):
 @pytest.mark.parametrize("domain", ["", "vc", "cluster.example.org"])
 def test_valid_domains(domain):
     assert config_from_mapping({"network": {"domain": domain}}).network.domain == domain
+
+
+def test_delete_link_is_idempotent_and_reports_a_link_that_stays(monkeypatch):
+    import subprocess
+
+    links = {"vct1": {"ifname": "vct1"}}
+    calls = []
+
+    def run(argv, netns, *, stdin=None, check=True):
+        calls.append(argv)
+        if links.get("stuck"):
+            return subprocess.CompletedProcess(argv, 2, "", "RTNETLINK answers: Operation not permitted")
+        links.pop(argv[-1], None)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(netdev, "_run", run)
+    monkeypatch.setattr(netdev, "link_info", lambda name, netns=None: links.get(name))
+    netdev.delete_link("vct1")
+    assert calls == [["ip", "link", "del", "vct1"]]
+    netdev.delete_link("vct1")  # already gone: nothing to do
+    assert len(calls) == 1
+    links.update({"vct2": {"ifname": "vct2"}, "stuck": True})
+    with pytest.raises(NetworkError, match="cannot delete interface vct2: RTNETLINK answers"):
+        netdev.delete_link("vct2")
