@@ -74,6 +74,13 @@ class Hypervisor:
         self.close()
         self._connect()
 
+    def _connection(self):
+        """The open connection; after a failed :meth:`reconnect` left none, try once more
+        (HypervisorError if libvirtd is still unreachable)."""
+        if self._conn is None:
+            self._connect()
+        return self._conn
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._conn is not None:
@@ -97,7 +104,7 @@ class Hypervisor:
         """The domain object, or None when no such domain exists."""
         libvirt = _libvirt()
         try:
-            return self._conn.lookupByName(name)
+            return self._connection().lookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
@@ -113,7 +120,7 @@ class Hypervisor:
         """Start a transient domain from its XML and return its name."""
         libvirt = _libvirt()
         try:
-            dom = self._conn.createXML(xml, 0)
+            dom = self._connection().createXML(xml, 0)
         except libvirt.libvirtError as exc:
             message = exc.get_error_message()
             if any(text in message for text in _HUGEPAGE_MESSAGES):
@@ -140,7 +147,7 @@ class Hypervisor:
         """Names of the running domains whose name starts with ``prefix``, sorted."""
         libvirt = _libvirt()
         try:
-            domains = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            domains = self._connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except libvirt.libvirtError as exc:
             raise self._error("listing guests", exc) from None
         return sorted(dom.name() for dom in domains if dom.name().startswith(prefix))

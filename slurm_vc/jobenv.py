@@ -267,7 +267,24 @@ def publish(
     """Write (or rewrite) the job's published files on this node and hand them to ``uid:gid``.
 
     Called as root by the prolog.  Safe to call again (e.g. to update the local guest's state).
+    A file system error is a StateError (the node's state directory, exit 10).
     """
+    try:
+        return _publish(state_dir, view, uid, gid, private_key, public_key)
+    except OSError as exc:
+        where = exc.filename or jobenv_dir(state_dir, view.job_id)
+        reason = exc.strerror or exc
+        raise StateError(f"cannot publish job {view.job_id}'s files: {where}: {reason}") from None
+
+
+def _publish(
+    state_dir: str | os.PathLike,
+    view: JobView,
+    uid: int,
+    gid: int,
+    private_key: Optional[bytes],
+    public_key: Optional[str],
+) -> Path:
     root = jobenv_root(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)

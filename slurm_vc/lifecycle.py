@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import ImageSpec, SiteConfig
-from .errors import ConfigError, StateError, VcError
+from .errors import ConfigError, HostError, StateError, VcError
 from .state import JobState, locked_job
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,10 @@ def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, 
         extra_cmdline=extra_cmdline,
     )
     xml = render_domain_xml(plan, config, image, devices)
-    (directory / "domain.xml").write_text(xml)
+    try:
+        (directory / "domain.xml").write_text(xml)  # for the admin: what was started
+    except OSError as exc:
+        raise HostError(f"cannot write {directory / 'domain.xml'}: {exc.strerror or exc}") from None
     state.plan("domain", me.domain_name, uri=config.host.libvirt_uri, tap=me.tap, netns=env.netns)
     with _hypervisor(config) as hypervisor:
         hypervisor.start(xml)

@@ -204,6 +204,7 @@ def wait_ready(
     start = time.monotonic()
     deadline = start + timeout
     next_alive_check = start
+    libvirt_down: Optional[HypervisorError] = None  # the last failure, while libvirtd is unreachable
     try:
         while True:
             if probe.poll():
@@ -213,16 +214,24 @@ def wait_ready(
                 next_alive_check = now + 0.5
                 try:
                     running = hypervisor.is_running(name)
-                except HypervisorError:
+                    libvirt_down = None
+                except HypervisorError as failure:
                     # libvirtd restarting (the guest lives on without it): reconnect and keep
                     # waiting; if it never comes back the deadline below ends the wait.
                     running = True
+                    libvirt_down = failure
                     _try_reconnect(hypervisor)
                 if not running:
                     raise GuestNotReadyError(
                         f"guest {name} stopped before it became ready (waited for {probe.description})"
                         + _console_section(hypervisor, name, console_log)
                     )
+            if now >= deadline and libvirt_down is not None:
+                # Not the guest's fault: the node's libvirtd is gone (a node fault, which drains).
+                raise HypervisorError(
+                    f"guest {name} was not ready after {timeout:.0f} s, and libvirt on this node has been"
+                    f" unreachable since before then: {libvirt_down}"
+                )
             if now >= deadline:
                 raise GuestNotReadyError(
                     f"guest {name} was not ready after {timeout:.0f} s (waited for {probe.description})"

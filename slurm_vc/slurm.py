@@ -171,6 +171,13 @@ def _int_env(environ: Mapping[str, str], name: str, *aliases: str) -> int:
     return int(value)
 
 
+def job_id_and_node_from_env(environ: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
+    """Only the job id and this node's name: all the epilog needs, so that nothing else it does not
+    use (uid, node list, CPU counts) can keep it from tearing the guest down."""
+    env = os.environ if environ is None else environ
+    return _int_env(env, "SLURM_JOB_ID", "SLURM_JOBID"), _required(env, "SLURMD_NODENAME")
+
+
 def job_facts_from_env(environ: Optional[Mapping[str, str]] = None) -> JobFacts:
     """Read the job's facts from a prolog/epilog/TaskProlog/task environment.
 

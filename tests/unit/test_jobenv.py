@@ -381,3 +381,12 @@ def test_task_prolog_batch_step_of_a_one_node_job_asks_slurm_nothing(tmp_path, m
     out = io.StringIO()
     assert task_prolog.task_prolog(_task_env(tmp_path), out) == 0
     assert "export VC_HOSTS=" in out.getvalue()
+
+
+def test_publish_into_an_unwritable_state_dir_is_a_state_error(tmp_path):
+    """A file system error while publishing is the node's state problem (exit 10), not an internal error."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    view = jobenv.JobView(job_id=5, node="n1", user="u", image="tiny", login_user="root", guests=[])
+    with pytest.raises(StateError, match="cannot publish job 5's files: .*state"):
+        jobenv.publish(str(blocker), view, os.getuid(), os.getgid())

@@ -136,3 +136,37 @@ def test_wait_ready_survives_a_libvirtd_restart(tmp_path):
     hv = Restarting()
     wait_ready(hv, "g", Readiness(), 10, ready_channel=str(channel))
     assert hv.reconnects == 1
+
+
+def test_wait_ready_with_libvirtd_gone_until_the_deadline_is_a_node_fault(tmp_path):
+    """libvirtd never comes back: a HypervisorError (drains), not the image's GuestNotReadyError."""
+    from slurm_vc.errors import HypervisorError
+
+    class Gone(FakeHypervisor):
+        def is_running(self, name):
+            raise HypervisorError("cannot connect to libvirt at X: Connection refused")
+
+        def reconnect(self):
+            raise HypervisorError("cannot connect to libvirt at X: Connection refused")
+
+    with pytest.raises(HypervisorError, match="unreachable since before then: cannot connect") as failure:
+        wait_ready(Gone(), "g", Readiness(), 0.3, ready_channel=str(tmp_path / "never"))
+    assert not failure.value.user_fault
+
+
+def test_hypervisor_after_a_failed_reconnect_tries_again(monkeypatch):
+    """A failed reconnect leaves no connection: the next call reconnects (or says libvirt is down),
+    instead of an AttributeError on None that would drain the node as an internal error."""
+    from slurm_vc import hypervisor as hypervisor_module
+    from slurm_vc.errors import HypervisorError
+
+    hv = hypervisor_module.Hypervisor("test:///default")
+    real_connect = hv._connect
+    monkeypatch.setattr(hv, "_connect", lambda: (_ for _ in ()).throw(HypervisorError("refused")))
+    with pytest.raises(HypervisorError):
+        hv.reconnect()
+    with pytest.raises(HypervisorError, match="refused"):
+        hv.is_running("test")
+    monkeypatch.setattr(hv, "_connect", real_connect)
+    assert hv.is_running("test") is True  # the test driver's built-in domain
+    hv.close()
