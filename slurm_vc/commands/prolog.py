@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _terminated(signum, frame) -> None:
-    """Slurm sends SIGTERM when PrologEpilogTimeout expires: unwind (undoing what was made) with a reason."""
+    """SIGTERM (an admin, or Slurm at PrologEpilogTimeout): unwind, undoing what was made, with a reason.
+
+    Slurm itself follows its SIGTERM with SIGKILL 10 ms later, which this cannot outrun; then the
+    job's state (each resource recorded before it is made) lets the epilog or gc undo the rest.
+    """
     from ..errors import HostError
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
