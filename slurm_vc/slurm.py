@@ -196,7 +196,8 @@ def job_facts_from_env(environ: Optional[Mapping[str, str]] = None) -> JobFacts:
     cpus_text = env.get("SLURM_JOB_CPUS_PER_NODE", "")
     cpus = parse_cpus_per_node(cpus_text, nodes) if cpus_text else {}
     vcluster = env.get("SPANK_VCLUSTER") or env.get("SLURM_SPANK_VCLUSTER") or None
-    restart = env.get("SLURM_JOB_RESTART_COUNT", "0")
+    # Slurm's prolog environment has SLURM_JOB_RESTART_COUNT, a task's SLURM_RESTART_COUNT.
+    restart = env.get("SLURM_JOB_RESTART_COUNT") or env.get("SLURM_RESTART_COUNT") or "0"
     return JobFacts(
         job_id=job_id,
         user=user,

@@ -49,7 +49,9 @@ def task_prolog(environ, out: TextIO, config_path: Optional[str] = None) -> int:
         # The batch step of a multi-node job: a prolog on another node may have failed with a user
         # fault.  It put the reason into the job's Comment before the batch script could start
         # (DeferBatch).  A one-node job has no other prolog: no Slurm call before its script.
-        failure = _peer_failure(int(view.job_id), environ.get("SLURM_RESTART_COUNT", "0"))
+        # Tasks see SLURM_RESTART_COUNT; the prolog (which wrote the prefix) SLURM_JOB_RESTART_COUNT.
+        restarts = environ.get("SLURM_RESTART_COUNT") or environ.get("SLURM_JOB_RESTART_COUNT") or "0"
+        failure = _peer_failure(int(view.job_id), restarts)
         if failure:
             _say(out, failure)
             return 1

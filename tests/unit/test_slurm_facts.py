@@ -306,3 +306,12 @@ def test_commands_found_without_path(monkeypatch):
     assert os.path.isabs(path)
     with pytest.raises(SlurmError, match="cannot find"):
         slurm.slurm_command("no-such-slurm-command")
+
+
+def test_restart_count_from_either_variable():
+    env = dict(read_env("prolog-env-22.05.txt"))
+    env["SLURM_JOB_RESTART_COUNT"] = "2"
+    assert slurm.job_facts_from_env(env).restart_count == 2
+    del env["SLURM_JOB_RESTART_COUNT"]
+    env["SLURM_RESTART_COUNT"] = "3"  # the name tasks see
+    assert slurm.job_facts_from_env(env).restart_count == 3
