@@ -64,15 +64,18 @@ class Pool:
         with open(self.path, "rb") as pool:
             return int(pool.read())
 
-    def raw(self, pages: int) -> float:
-        """Time the two writes of an admin's grow and shrink (the reads between are not timed)."""
+    def raw(self, pages: int, write: Callable[[str, int], object] = write_pool_size) -> float:
+        """Time the two writes of an admin's grow and shrink (the reads between are not timed).
+
+        ``write(nr_path, value)`` makes each write: the plain sysfs write, or one run elsewhere.
+        """
         base = self.read()
         start = time.perf_counter()
-        write_pool_size(self.path, base + pages)
+        write(self.path, base + pages)
         middle = time.perf_counter()
         current = self.read()
         resume = time.perf_counter()
-        write_pool_size(self.path, max(0, current - pages))
+        write(self.path, max(0, current - pages))
         return (middle - start) + (time.perf_counter() - resume)
 
 
@@ -111,18 +114,6 @@ class WritesOnCpu(SysfsIO):
 
     def pwrite_int(self, fd: int, value: int) -> None:
         self.worker.call(os.pwrite, fd, b"%d" % value, 0)
-
-
-def raw_writes_on(worker: CpuWorker, pool: Pool, pages: int) -> float:
-    """Pool.raw with each of the two writes run by ``worker``."""
-    base = pool.read()
-    start = time.perf_counter()
-    worker.call(write_pool_size, pool.path, base + pages)
-    middle = time.perf_counter()
-    current = pool.read()
-    resume = time.perf_counter()
-    worker.call(write_pool_size, pool.path, max(0, current - pages))
-    return (middle - start) + (time.perf_counter() - resume)
 
 
 def timed(operation: Callable[[str], object]) -> Callable[[str], float]:
@@ -187,7 +178,8 @@ def main() -> int:
             HugepagePool.from_config(config, io=writes_on_cpu).reserve(job, M2, {args.node: pages})
             HugepagePool.from_config(config, io=writes_on_cpu).release(job)
 
-        variants[f"raw, writes on CPU {worker.cpu}"] = lambda job: raw_writes_on(worker, pool, pages)
+        write_on_cpu = partial(worker.call, write_pool_size)
+        variants[f"raw, writes on CPU {worker.cpu}"] = lambda job: pool.raw(pages, write_on_cpu)
         variants[f"manager, writes on CPU {worker.cpu}"] = timed(manager_writes_on_cpu)
     times: dict[str, list[float]] = {name: [] for name in variants}
     shuffle = random.Random(args.seed)

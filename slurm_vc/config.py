@@ -25,7 +25,7 @@ from .configfile import (  # noqa: F401
     read_toml,
 )
 from .errors import ConfigError, UsageError
-from .network import check_domain, check_hostname_format
+from .network import check_domain, check_hostname_format, check_ports
 from .units import SIZE_HELP, parse_size
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -207,9 +207,7 @@ class NetworkSettings(_Strict):
     @field_validator("allowed_host_ports")
     @classmethod
     def _ports(cls, ports: list[int]) -> list[int]:
-        bad = [port for port in ports if not 1 <= port <= 65535]
-        if bad:
-            raise ValueError(f"TCP ports are 1-65535, got {', '.join(map(str, bad))}")
+        check_ports(ports)
         return ports
 
     @field_validator("bridge")

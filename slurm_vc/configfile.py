@@ -46,15 +46,12 @@ def read_toml(path: str) -> dict:
     """The parsed TOML of the site config at ``path``.  ConfigError names the file and the problem."""
     try:
         # stat first: opening a FIFO would block, and a device (/dev/zero) never ends.
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.stat(path).st_mode):
             raise ConfigError(f"{path}: not a regular file (the site config must be a TOML file)")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(
-                f"{path}: {info.st_size} bytes is too large for a site config (at most {MAX_CONFIG_BYTES})"
-            )
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
+            raw = handle.read(MAX_CONFIG_BYTES + 1)  # one byte more tells a file that is too large
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: too large for a site config (at most {MAX_CONFIG_BYTES} bytes)")
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: configuration file not found (set {CONFIG_ENV} or pass --config)"

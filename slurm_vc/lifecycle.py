@@ -334,8 +334,10 @@ def _undo(kind: str, id: str, details: dict, state: JobState, config: SiteConfig
             hypervisor.destroy(id)
         tap = details.get("tap")
         if tap:
+            from .netdev import delete_link
+
             # libvirt deletes the tap with the domain; a QEMU that died under a dead libvirtd may not.
-            _remove_link(tap, details.get("netns", env.netns))
+            delete_link(tap, netns=details.get("netns", env.netns))
     elif kind == "seed":
         from .seed import remove_seed
 
@@ -357,13 +359,6 @@ def _undo(kind: str, id: str, details: dict, state: JobState, config: SiteConfig
         raise StateError(
             f"job {state.job_id}: unknown resource kind {kind!r} in {state.dir}; remove it by hand"
         )
-
-
-def _remove_link(name: str, netns: Optional[str]) -> None:
-    """Delete a network interface if it exists (idempotent); NetworkError if it stays."""
-    from .netdev import delete_link
-
-    delete_link(name, netns=netns)
 
 
 # ------------------------------------------------------------------------------ prolog/epilog entry

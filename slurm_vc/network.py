@@ -184,11 +184,15 @@ def check_domain(domain: str) -> None:
         )
 
 
+def check_ports(ports: Sequence[int]) -> None:
+    """Raise ValueError unless every port is a TCP port number (1-65535)."""
+    bad = [port for port in ports if not 1 <= port <= 65535]
+    if bad:
+        raise ValueError(f"{bad}: TCP ports are 1-65535, got {', '.join(map(str, bad))}")
+
+
 def _hostname(settings: NetworkSettings, job_id: int, index: int, node: str) -> str:
-    try:
-        check_hostname_format(settings.hostname_format)
-    except ValueError as exc:
-        raise ConfigError(f"network.hostname_format {exc}") from None
+    """Guest ``index``'s host name; the pattern itself was checked by :func:`check_hostname_format`."""
     name = settings.hostname_format.format(job=job_id, index=index, node=node).lower()
     if not _LABEL_RE.match(name):
         raise ConfigError(
@@ -222,9 +226,15 @@ def job_network(
             f"job {job_id} has {len(nodes)} nodes, but a virtual cluster holds at most {limit} guests "
             f"on this site (network.block_prefix = {settings.block_prefix}); ask for fewer nodes"
         )
-    bad_ports = [port for port in settings.allowed_host_ports if not 1 <= port <= 65535]
-    if bad_ports:
-        raise ConfigError(f"network.allowed_host_ports: {bad_ports} are not TCP/UDP ports (1-65535)")
+    # The config checks both when it loads; again here for settings built without that validation.
+    try:
+        check_ports(settings.allowed_host_ports)
+    except ValueError as exc:
+        raise ConfigError(f"network.allowed_host_ports: {exc}") from None
+    try:
+        check_hostname_format(settings.hostname_format)
+    except ValueError as exc:
+        raise ConfigError(f"network.hostname_format {exc}") from None
     block = job_block(job_id, settings)
     guests = []
     for index, node in enumerate(nodes):

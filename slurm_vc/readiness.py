@@ -226,13 +226,13 @@ def wait_ready(
                         f"guest {name} stopped before it became ready (waited for {probe.description})"
                         + _console_section(hypervisor, name, console_log)
                     )
-            if now >= deadline and libvirt_down is not None:
-                # Not the guest's fault: the node's libvirtd is gone (a node fault, which drains).
-                raise HypervisorError(
-                    f"guest {name} was not ready after {timeout:.0f} s, and libvirt on this node has been"
-                    f" unreachable since before then: {libvirt_down}"
-                )
             if now >= deadline:
+                if libvirt_down is not None:
+                    # Not the guest's fault: the node's libvirtd is gone (a node fault, which drains).
+                    raise HypervisorError(
+                        f"guest {name} was not ready after {timeout:.0f} s, and libvirt on this node has"
+                        f" been unreachable since before then: {libvirt_down}"
+                    )
                 raise GuestNotReadyError(
                     f"guest {name} was not ready after {timeout:.0f} s (waited for {probe.description})"
                     + _console_section(hypervisor, name, console_log)

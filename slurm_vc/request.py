@@ -87,14 +87,15 @@ def parse_request(text: str, config: Union[SiteConfig, Catalog]) -> VClusterRequ
             f" ({GRAMMAR_HELP})"
         )
     image, *options = text.split(",")
-    available = _image_list(config.images)
     if image == "":
         raise RequestError(
             f"--vcluster {text!r} does not start with an image name: expected {GRAMMAR_HELP};"
-            f" available images: {available}"
+            f" available images: {_image_list(config.images)}"
         )
     if image not in config.images:
-        raise RequestError(f"unknown image {image!r} in --vcluster; available images: {available}")
+        raise RequestError(
+            f"unknown image {image!r} in --vcluster; available images: {_image_list(config.images)}"
+        )
 
     values: dict[str, str] = {}
     for option in options:

@@ -69,16 +69,17 @@ def parse_cpulist(text: str, *, what: str = "CPU list") -> list[int]:
     value = str(text).strip()
     if value == "":
         return []
-    shown = shortened(str(text))
+
+    def invalid(reason: str) -> UsageError:  # the (shortened) text only when there is an error
+        return UsageError(f"invalid {what} {shortened(str(text))}: {reason}")
+
     if not _CPULIST_RE.fullmatch(value):
-        raise UsageError(f"invalid {what} {shown}: expected comma-separated ids or ranges like 0-3,8,10-11")
+        raise invalid("expected comma-separated ids or ranges like 0-3,8,10-11")
 
     def cpu_id(digits: str) -> int:
         digits = digits.strip(" \t")
         if len(digits.lstrip("0")) > _MAX_CPU_ID_DIGITS:
-            raise UsageError(
-                f"invalid {what} {shown}: CPU id {shortened(digits, 20)} is larger than {MAX_CPU_ID - 1}"
-            )
+            raise invalid(f"CPU id {shortened(digits, 20)} is larger than {MAX_CPU_ID - 1}")
         return int(digits)
 
     cpus: set[int] = set()
@@ -87,11 +88,11 @@ def parse_cpulist(text: str, *, what: str = "CPU list") -> list[int]:
             low_text, high_text = part.split("-")
             low, high = cpu_id(low_text), cpu_id(high_text)
             if high < low:
-                raise UsageError(f"invalid {what} {shown}: range {part.strip()} runs backwards")
+                raise invalid(f"range {part.strip()} runs backwards")
         else:
             low = high = cpu_id(part)
         if high >= MAX_CPU_ID:
-            raise UsageError(f"invalid {what} {shown}: CPU id {high} is larger than {MAX_CPU_ID - 1}")
+            raise invalid(f"CPU id {high} is larger than {MAX_CPU_ID - 1}")
         cpus.update(range(low, high + 1))
     return sorted(cpus)
 
