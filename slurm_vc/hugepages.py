@@ -112,16 +112,15 @@ that growth (still capped at ``S + asked``).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from .errors import HugepageError, StateError, VcError
+from .filelock import flock_until
 from .units import GIB, KIB, MIB, format_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -663,7 +662,7 @@ class HugepagePool:
         """
         fd, what = self._open_lock()
         try:
-            _flock(fd, what, time.monotonic() + self.lock_timeout, self.lock_timeout)
+            flock_until(fd, what, self.lock_timeout)
             self._locked = True
             return fd, self._settle()
         except BaseException:
@@ -949,22 +948,6 @@ class HugepagePool:
     def _describe(ledger: Ledger) -> str:
         pages = ", ".join(f"node {node}: {entry.asked}" for node, entry in sorted(ledger.nodes.items()))
         return f"{page_size_label(ledger.page_size)} hugepages ({pages or 'none'})"
-
-
-def _flock(fd: int, what: str, deadline: float, timeout: float) -> None:
-    """Take an exclusive flock, polling until ``deadline``; StateError when it passes."""
-    pause = 0.002
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StateError(f"cannot take the {what}: {exc.strerror}") from None
-        if time.monotonic() >= deadline:
-            raise StateError(f"{what} is held by another process for more than {timeout:g} s (timeouts.lock)")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
 
 
 def _write_all_at_once(fd: int, data: bytes, fsync: bool) -> None:

@@ -187,7 +187,8 @@ def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, 
     netdev.check_tap_free(me.tap, netns=env.netns)
     if net.isolation != "none":
         state.plan("isolation", str(job.job_id), netns=env.netns)
-        netdev.apply_isolation(net, job.node, netns=env.netns)
+        lock = (netdev.isolation_lock_path(config.runtime_dir), config.timeouts.lock)
+        netdev.apply_isolation(net, job.node, netns=env.netns, lock=lock)
         state.created("isolation", str(job.job_id))
     lap("isolation")
 

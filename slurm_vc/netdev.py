@@ -16,6 +16,7 @@ run the tools through ``nsenter --net``.  Interfaces are read over netlink (``ip
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -26,10 +27,12 @@ from collections.abc import Sequence
 from typing import Callable, Optional
 
 from .errors import NetworkError
+from .filelock import locked_file
 from .network import TAP_PREFIX, JobNetwork
 
 TABLE_PREFIX = "slurm_vc_"
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the prolog runs without PATH
+ISOLATION_LOCK = "isolation.lock"  # in runtime_dir: serialises the block check and table load
 _TABLE_RE = re.compile(r"^" + TABLE_PREFIX + r"([0-9]+)\Z")
 
 
@@ -306,18 +309,32 @@ def check_block_free(network: JobNetwork, *, netns: Optional[str] = None) -> Non
             )
 
 
+def isolation_lock_path(runtime_dir: str) -> str:
+    """The node's isolation lock file, ``<runtime_dir>/isolation.lock`` (see :func:`apply_isolation`)."""
+    return os.path.join(runtime_dir, ISOLATION_LOCK)
+
+
 def apply_isolation(
-    network: JobNetwork, node: Optional[str] = None, *, netns: Optional[str] = None
+    network: JobNetwork,
+    node: Optional[str] = None,
+    *,
+    netns: Optional[str] = None,
+    lock: Optional[tuple[str, float]] = None,
 ) -> Callable[[], None]:
     """Install the job's isolation table (atomically, replacing an older one); return its undo.
 
     Does nothing (and returns a no-op undo) when ``network.isolation`` is ``"none"``.  Raises
     NetworkError when another job here already uses the same address block, or nft fails.
+    ``lock`` = (path, timeout): the node's isolation lock, held from the block check to the
+    table load so that two prologs of jobs sharing a block cannot both pass the check
+    (``isolation_lock_path``); StateError if it stays taken.  None only for a caller that is
+    alone on the node (tests).
     """
     if network.isolation == "none":
         return lambda: None
-    check_block_free(network, netns=netns)
-    _run(["nft", "-f", "-"], netns, stdin=render_isolation(network, node))
+    with locked_file(lock[0], "node isolation lock", lock[1]) if lock else contextlib.nullcontext():
+        check_block_free(network, netns=netns)
+        _run(["nft", "-f", "-"], netns, stdin=render_isolation(network, node))
     job_id = network.job_id
 
     def undo() -> None:
@@ -341,6 +358,7 @@ def validate_ruleset(script: str, *, netns: Optional[str] = None) -> None:
 
 
 __all__ = [
+    "ISOLATION_LOCK",
     "TABLE_PREFIX",
     "apply_isolation",
     "block_users",
@@ -349,6 +367,7 @@ __all__ = [
     "check_bridge",
     "check_tap_free",
     "isolated_jobs",
+    "isolation_lock_path",
     "link_info",
     "remove_isolation",
     "render_isolation",

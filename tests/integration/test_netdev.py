@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -317,6 +318,44 @@ def test_block_collision_is_detected(testbed):
     netdev.remove_isolation(JOB_A, netns=testbed.node)
     netdev.apply_isolation(clash, netns=testbed.node)  # free again once the first job is gone
     netdev.remove_isolation(clash.job_id, netns=testbed.node)
+
+
+def _race_two_prologs(node_ns: str, first, second, lock) -> list[str]:
+    """Start apply_isolation for two jobs at the same instant; what each got, "ok" or "clash"."""
+    barrier = threading.Barrier(2)
+    outcome: dict[int, str] = {}
+
+    def prolog(network) -> None:
+        barrier.wait()
+        try:
+            netdev.apply_isolation(network, netns=node_ns, lock=lock)
+            outcome[network.job_id] = "ok"
+        except NetworkError:
+            outcome[network.job_id] = "clash"
+        except Exception as exc:  # reported in the assertion, not lost in the thread
+            outcome[network.job_id] = repr(exc)
+
+    threads = [threading.Thread(target=prolog, args=(network,)) for network in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for network in (first, second):
+        netdev.remove_isolation(network.job_id, netns=node_ns)
+    return sorted(outcome.values())
+
+
+def test_block_check_and_load_hold_the_node_lock(testbed, tmp_path):
+    """Two prologs of jobs sharing a block, started together: with the node's isolation lock
+    exactly one installs its table and the other gets the clash, every time."""
+    testbed.add_bridge(testbed.node, SETTINGS.bridge)
+    blocks = 2 ** (SETTINGS.block_prefix - 16) - 1
+    first = job_network(JOB_A, ["n1"], SETTINGS)
+    second = job_network(JOB_A + blocks, ["n1"], SETTINGS)
+    lock = (netdev.isolation_lock_path(str(tmp_path / "run")), 30.0)
+    for _ in range(8):
+        assert _race_two_prologs(testbed.node, first, second, lock) == ["clash", "ok"]
+    assert ruleset(testbed.node) == ""
 
 
 def test_isolation_none_installs_nothing(testbed):
