@@ -263,8 +263,7 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
             if image.disk:
                 check_base_image(image.disk)
         except ImageError as exc:
-            fix = f"chmod o+r {image.disk}" if "world-readable" in str(exc) else "fix the path in the catalog"
-            checks.append(Check(f"image {name}", FAIL, str(exc), fix))
+            checks.append(Check(f"image {name}", FAIL, str(exc), exc.fix or "fix the path in the catalog"))
             continue
         checks.append(Check(f"image {name}", PASS, ", ".join(files)))
     return checks

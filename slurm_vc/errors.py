@@ -27,9 +27,10 @@ class VcError(Exception):
     exit_code = 1
     user_fault = False
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, fix: str = ""):
         super().__init__(message)
         self.message = message
+        self.fix = fix  # the one action that repairs it, when there is one (doctor shows it)
 
     def __str__(self) -> str:
         return self.message

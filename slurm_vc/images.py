@@ -43,7 +43,8 @@ def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = Tr
     if world_readable and not path.stat().st_mode & 0o004:
         # QEMU runs as an unprivileged user, and the domain XML tells libvirt not to relabel
         # (chown) the shared catalog image, so QEMU reads it through the "other" bits.
-        raise ImageError(f"catalog image {path} must be world-readable (chmod o+r {path})")
+        fix = f"chmod o+r {path}"
+        raise ImageError(f"catalog image {path} must be world-readable ({fix})", fix=fix)
     return path
 
 

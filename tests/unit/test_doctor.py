@@ -101,7 +101,7 @@ def test_images_unreadable(tmp_path):
     [check] = check_images(
         config_from_mapping({"images": {"p": {"disk": str(private)}}}), make_host(tmp_path / "b")
     )
-    assert check.status == FAIL and "world-readable" in check.detail and "chmod o+r" in check.fix
+    assert check.status == FAIL and "world-readable" in check.detail and check.fix == f"chmod o+r {private}"
 
 
 def test_slurm_lines(tmp_path, monkeypatch):
