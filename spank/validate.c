@@ -73,7 +73,30 @@ static void child(const struct vc_config *conf, const char *value, int out_fd)
  * 0: the value is valid (or the validator could not run and required=0).
  * -1: reject, with msg set to the reason for the user.
  */
+static int run_validator(const struct vc_config *conf, const char *value, char *msg, size_t msglen);
+
 int vc_validate(const struct vc_config *conf, const char *value, char *msg, size_t msglen)
+{
+	struct sigaction dfl = { .sa_handler = SIG_DFL }, old;
+	int restore = 0;
+	int rc;
+
+	/*
+	 * A submitting process that ignores SIGCHLD (inherited across exec) has its children reaped
+	 * by the kernel: waitpid() would fail with ECHILD and never see the validator's exit status.
+	 * Take the default disposition for the validator's lifetime only; a real handler is left alone.
+	 */
+	if (sigaction(SIGCHLD, NULL, &old) == 0 && old.sa_handler == SIG_IGN && !(old.sa_flags & SA_SIGINFO)) {
+		sigemptyset(&dfl.sa_mask);
+		restore = sigaction(SIGCHLD, &dfl, NULL) == 0;
+	}
+	rc = run_validator(conf, value, msg, msglen);
+	if (restore)
+		sigaction(SIGCHLD, &old, NULL);
+	return rc;
+}
+
+static int run_validator(const struct vc_config *conf, const char *value, char *msg, size_t msglen)
 {
 	char out[4096] = "";
 	size_t used = 0;
@@ -81,6 +104,8 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 	pid_t pid;
 	int status = 0;
 	int timed_out = 0;
+	int reaped = 0;
+	int wait_errno = 0;
 	long deadline = now_ms() + conf->timeout * 1000L;
 	int rc = -1;
 
@@ -98,6 +123,7 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 	}
 	if (pid == 0)
 		child(conf, value, fds[1]);
+	setpgid(pid, pid); /* as the child does: whichever runs first, the timeout's kill(-pid) finds the group */
 	close(fds[1]);
 
 	/* Read until EOF or the deadline; keep the most recent output if it overflows. */
@@ -134,10 +160,14 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 	while (!timed_out) {
 		pid_t done = waitpid(pid, &status, WNOHANG);
 
-		if (done == pid)
+		if (done == pid) {
+			reaped = 1;
 			break;
-		if (done < 0 && errno != EINTR)
+		}
+		if (done < 0 && errno != EINTR) {
+			wait_errno = errno;
 			break;
+		}
 		if (now_ms() >= deadline) {
 			timed_out = 1;
 			break;
@@ -146,12 +176,18 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 	}
 	if (timed_out) {
 		kill(-pid, SIGKILL);
+		kill(pid, SIGKILL); /* in case it had left its group */
 		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 			;
 	}
 
 	if (timed_out) {
 		snprintf(msg, msglen, "the validator %s did not answer within %d s", conf->validator, conf->timeout);
+		rc = conf->required ? -1 : 0;
+	} else if (!reaped) {
+		/* Never taken for a success: its exit status is unknown. */
+		snprintf(msg, msglen, "cannot learn the result of the validator %s: %s", conf->validator,
+			 strerror(wait_errno));
 		rc = conf->required ? -1 : 0;
 	} else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 		rc = 0;
@@ -164,7 +200,7 @@ int vc_validate(const struct vc_config *conf, const char *value, char *msg, size
 			snprintf(msg, msglen, "invalid --vcluster=%s (the validator failed without a message)", value);
 		rc = -1;
 	}
-	if (rc == 0 && msg[0] && (timed_out || WEXITSTATUS(status) == EXEC_FAILED))
+	if (rc == 0 && msg[0] && (timed_out || !reaped || WEXITSTATUS(status) == EXEC_FAILED))
 		slurm_info(VC_PREFIX "not checked at submit (required=0): %s", msg);
 	return rc;
 }

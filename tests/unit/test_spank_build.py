@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def submit(plugin, tmp_path):
     script.write_text("#!/bin/sh\ntrue\n")
 
     def run(
-        *args: str, plugstack_args: str = "", script_text: str | None = None
+        *args: str, plugstack_args: str = "", script_text: str | None = None, ignore_sigchld: bool = False
     ) -> subprocess.CompletedProcess:
         (tmp_path / "plugstack.conf").write_text(
             f"required {plugin} validator={validator} config=/etc/site/vc.toml timeout=1 {plugstack_args}\n"
@@ -99,8 +100,15 @@ def submit(plugin, tmp_path):
         if script_text is not None:
             script.write_text(script_text)
         env = dict(os.environ, SLURM_CONF=str(tmp_path / "slurm.conf"))
+        # An ignored SIGCHLD survives exec, as it does under launchers that ignore it themselves.
+        ignore = (lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN)) if ignore_sigchld else None
         return subprocess.run(
-            ["sbatch", *args, str(script)], capture_output=True, text=True, env=env, timeout=30
+            ["sbatch", *args, str(script)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            preexec_fn=ignore,
         )
 
     run.log = log  # type: ignore[attr-defined]
@@ -123,6 +131,18 @@ def test_good_value_passes_the_plugin(submit):
     done = submit("--vcluster=good")
     assert "Invalid --vcluster" not in done.stderr
     assert "contact slurm controller" in done.stderr  # got past the plugin to the (absent) controller
+
+
+def test_a_submitter_ignoring_sigchld_still_gets_the_verdict(submit):
+    """With SIGCHLD ignored the kernel reaps the validator itself; the plugin must not read the
+    lost exit status as "valid" (it did: the bad value reached the controller)."""
+    done = submit("--vcluster=nope", ignore_sigchld=True)
+    assert done.returncode != 0
+    assert "unknown image 'nope'" in done.stderr and "Invalid --vcluster argument" in done.stderr
+    assert "contact slurm controller" not in done.stderr
+    done = submit("--vcluster=good", ignore_sigchld=True)
+    assert "Invalid --vcluster" not in done.stderr
+    assert "contact slurm controller" in done.stderr
 
 
 def test_sbatch_directive_in_the_script(submit):
