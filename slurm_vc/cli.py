@@ -57,10 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def restore_child_status() -> None:
+    """Undo an inherited ``SIGCHLD = SIG_IGN`` (an ignored signal survives exec).
+
+    With it the kernel reaps children itself, and Python's subprocess then reports every exit
+    status as 0: a failing nft, qemu-img or ssh would pass for a success.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI and return its exit code."""
     from .errors import EXIT_USAGE, VcError
 
+    restore_child_status()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):

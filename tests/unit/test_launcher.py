@@ -123,6 +123,21 @@ def test_run_command_exit_code_is_nonzero_if_any_guest_fails(job, capsys):
     assert "no guest 'n9'" in capsys.readouterr().err
 
 
+def test_run_keeps_exit_codes_when_started_with_sigchld_ignored(job):
+    """An ignored SIGCHLD is inherited across exec; without restore_child_status every ssh of
+    ``slurm-vc run`` would report 0 (Python's subprocess cannot see a status the kernel reaped)."""
+    import signal
+
+    done = subprocess.run(
+        [sys.executable, "-m", "slurm_vc", "run", "--node", "0", "--", "sh", "-c", "exit 3"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+    )
+    assert done.returncode == 3, done.stderr
+
+
 def test_run_without_a_command_names_the_subcommand(job, capsys):
     """The error names ``run`` (its own argument, also called command, must not shadow it)."""
     assert cli.main(["run"]) == UsageError.exit_code
