@@ -31,7 +31,7 @@ from typing import Optional
 
 from .configfile import CONFIG_ENV
 from .errors import StateError, UsageError
-from .state import check_job_id, job_ids_in
+from .state import check_job_id, job_ids_in, make_dirs
 
 JOBENV_DIR = "jobenv"
 GUESTS_FILE = "guests.json"
@@ -286,7 +286,7 @@ def _publish(
     public_key: Optional[str],
 ) -> Path:
     root = jobenv_root(state_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root, 0o755)  # the job user reaches their files through it, whatever slurmd's umask
     os.chmod(root, 0o755)
     directory = jobenv_dir(state_dir, view.job_id)
     if directory.is_symlink():

@@ -168,6 +168,25 @@ class JobState:
         _fsync_dir(self.dir.parent)
 
 
+def make_dirs(path: Path, mode: int) -> None:
+    """``mkdir -p`` that gives every directory it creates ``mode`` whatever the process umask.
+
+    slurmd's umask is the site's (077 on hardened nodes): a state_dir made with it would keep QEMU,
+    which runs as another user, from reaching the guests' files, and every guest would fail to
+    start.  Directories that already exist keep their mode (doctor checks them).
+    """
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # made meanwhile by another prolog, with this mode
+        os.chmod(directory, mode)  # mkdir's mode is masked by the umask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -221,7 +240,7 @@ def locked_job(
     while True:
         if create:
             try:
-                jobs_dir(state_dir).mkdir(parents=True, exist_ok=True, mode=0o755)
+                make_dirs(jobs_dir(state_dir), 0o755)
                 directory.mkdir(mode=0o711, exist_ok=True)
                 os.chmod(directory, 0o711)  # mkdir's mode is masked by the umask
             except OSError as exc:
@@ -290,5 +309,6 @@ __all__ = [
     "jobs_dir",
     "list_job_ids",
     "locked_job",
+    "make_dirs",
     "read_state",
 ]

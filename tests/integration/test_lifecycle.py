@@ -237,6 +237,22 @@ def test_qemu_killed_mid_boot_fails_fast_and_cleans_up(node_config, env):
     assert_nothing_left(node_config, env, job)
 
 
+def test_prolog_under_a_hardened_umask_starts_the_guest(node_config, env):
+    """slurmd's umask is the site's: with 077 the state directories the prolog makes must still let
+    QEMU (another user) reach the guest's files.  Before make_dirs, QEMU could not open the seed."""
+    assert not os.path.exists(node_config.state_dir)  # made by the prolog, under this umask
+    job = make_job(304)
+    old = os.umask(0o077)
+    try:
+        info = start_guest(job, node_config, env)
+        assert info.name == "vc-304-n0"
+        assert teardown(job.job_id, node_config, env) is True
+    finally:
+        os.umask(old)
+    assert os.stat(node_config.state_dir).st_mode & 0o777 == 0o755
+    assert_nothing_left(node_config, env, job)
+
+
 def test_guest_never_ready_times_out_with_console_tail(node_config, env):
     from slurm_vc.config import Timeouts
 

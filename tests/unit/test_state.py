@@ -150,3 +150,18 @@ def test_waiter_sees_a_directory_removed_while_it_waited(tmp_path):
 def test_is_locked_false_without_state(tmp_path):
     assert not state.is_locked(tmp_path, 99)
     assert state.read_state(tmp_path, 99) is None
+
+
+def test_make_dirs_ignores_the_umask_and_leaves_existing_directories(tmp_path):
+    existing = tmp_path / "site"
+    existing.mkdir(mode=0o750)
+    os.chmod(existing, 0o750)
+    old = os.umask(0o077)
+    try:
+        state.make_dirs(existing / "a" / "b", 0o755)
+        state.make_dirs(existing / "a" / "b", 0o755)  # again: nothing to make
+    finally:
+        os.umask(old)
+    assert os.stat(existing).st_mode & 0o777 == 0o750
+    assert os.stat(existing / "a").st_mode & 0o777 == 0o755
+    assert os.stat(existing / "a" / "b").st_mode & 0o777 == 0o755
