@@ -247,6 +247,31 @@ def test_task_wrapper_runs_argv0_and_args_and_keeps_the_exit_code(job, tmp_path)
     assert done.stdout == f"task 5 in {view.guests[0].ip}: a b \ngot stdin-line\n"
 
 
+@pytest.mark.parametrize("layout", ["venv", "source"])
+def test_task_wrapper_ignores_the_users_python_settings_and_working_directory(job, tmp_path, layout):
+    """Module systems set PYTHONHOME/PYTHONPATH in jobs, and a job's directory may hold a json.py:
+    neither may stop the wrapper (before -I, each made every srun task of the job fail).
+    "source" is a tree without .venv, where the system python3 imports slurm_vc from the tree."""
+    wrapper = REPO / "prolog" / "slurm-vc-exec"
+    if layout == "source":
+        tree = tmp_path / "tree"
+        (tree / "prolog").mkdir(parents=True)
+        (tree / "slurm_vc").symlink_to(REPO / "slurm_vc")
+        wrapper = tree / "prolog" / "slurm-vc-exec"
+        wrapper.write_text((REPO / "prolog" / "slurm-vc-exec").read_text())
+        wrapper.chmod(0o755)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "json.py").write_text("raise SystemExit('the json.py of the job directory was imported')\n")
+    env = dict(os.environ, PYTHONHOME="/nonexistent", PYTHONPATH=str(workdir))
+    env[guestexec.ARGV0_ENV] = "sh"
+    done = subprocess.run(
+        [str(wrapper), "-c", "echo in $GUEST; exit 5"], capture_output=True, text=True, env=env, cwd=workdir
+    )
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == f"in {job[0].guests[0].ip}\n"
+
+
 def test_task_wrapper_errors_are_one_line(job):
     env = dict(os.environ)
     env.pop(guestexec.ARGV0_ENV, None)
