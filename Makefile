@@ -43,7 +43,9 @@ clean-sandbox:
 ## make install: what the Debian and RPM packages install (DESTDIR-aware).
 PREFIX ?= /usr/local
 PYTHON ?= /usr/bin/python3
-PYTHON_SITE ?= $(PREFIX)/lib/python3/dist-packages
+# Where $(PYTHON) looks for packages under $(PREFIX) on Debian (/usr/local/lib/python3.X/dist-packages);
+# the packages set it (Debian: /usr/lib/python3/dist-packages, RPM: %{python3_sitelib}).
+PYTHON_SITE ?= $(PREFIX)/lib/$(shell $(PYTHON) -c 'import sys; print("python%d.%d" % sys.version_info[:2])')/dist-packages
 SLURM_PLUGIN_DIR ?= /usr/lib/x86_64-linux-gnu/slurm-wlm
 SYSTEMD_UNIT_DIR ?= /lib/systemd/system
 LIBEXEC_DIR ?= $(PREFIX)/libexec/slurm-vc
@@ -55,7 +57,7 @@ install:
 		$(DESTDIR)$(SLURM_PLUGIN_DIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(SHARE_DIR) \
 		$(DESTDIR)/var/lib/slurm-vc
 	tar -cf - --exclude=__pycache__ --exclude='*.pyc' slurm_vc | tar -xf - -C $(DESTDIR)$(PYTHON_SITE)
-	printf '#!%s\nimport sys\nfrom slurm_vc.cli import main\nsys.exit(main())\n' $(PYTHON) \
+	printf '#!%s -I\nimport sys\nfrom slurm_vc.cli import main\nsys.exit(main())\n' $(PYTHON) \
 		> $(DESTDIR)$(PREFIX)/bin/slurm-vc
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/slurm-vc
 	for f in prolog/* epilog/*; do \
