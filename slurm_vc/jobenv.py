@@ -153,8 +153,14 @@ def view_from_dict(data: Mapping, directory: Optional[str] = None) -> JobView:
 
 
 def ssh_options(key_path: str, connect_timeout: int = 10) -> list[str]:
-    """ssh options for the job's guests: the job key only, no host-key prompts or pollution."""
+    """ssh options for the job's guests: the job key only, no host-key prompts or pollution.
+
+    ``-F /dev/null``: neither the user's ~/.ssh/config (a ``Host *`` ProxyJump or ControlMaster
+    would send every task through it) nor the system's ssh_config applies to the guests.
+    """
     return [
+        "-F",
+        "/dev/null",
         "-i",
         key_path,
         "-o",

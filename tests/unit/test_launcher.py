@@ -31,7 +31,7 @@ key=""; target=""; cmd=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -i) key="$2"; shift 2;;
-    -o) shift 2;;
+    -o|-F) shift 2;;
     -T|-t) shift;;
     --) cmd="$2"; shift 2;;
     *) target="$1"; shift;;
@@ -97,6 +97,19 @@ def test_forwarded_env_only_task_identity():
         "VC_HOSTS": "a,b",
     }
     assert guestexec.forwarded_env(env) == {"SLURM_JOB_ID": "42", "SLURM_PROCID": "1", "VC_HOSTS": "a,b"}
+
+
+@pytest.mark.skipif(not os.access(guestexec.SSH, os.X_OK), reason="needs the OpenSSH client")
+def test_ssh_to_a_guest_reads_no_ssh_config(job):
+    """``ssh -G`` prints the configuration ssh would use: with our options no config file applies
+    (Debian's /etc/ssh/ssh_config sends LANG and LC_*; a user's could add a ProxyJump)."""
+    view, _ = job
+    argv = guestexec.ssh_argv(view, view.guests[0].ip, None)
+    argv[0] = guestexec.SSH
+    effective = subprocess.run([*argv[:-1], "-G", argv[-1]], capture_output=True, text=True, check=True)
+    assert "\nsendenv " not in effective.stdout
+    assert f"\nidentityfile {view.key_path}\n" in effective.stdout
+    assert "\nuser root\n" in effective.stdout
 
 
 def test_run_parallel_labels_lines_and_reports_exit_codes(job):
