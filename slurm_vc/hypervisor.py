@@ -11,12 +11,13 @@ hugepage pool that cannot back the guest, which is a :class:`~slurm_vc.errors.Hu
 
 from __future__ import annotations
 
+import os
 import re
-from collections import deque
 from pathlib import Path
 from typing import Optional
 
 from .errors import HugepageError, HypervisorError
+from .text import clip_lines, printable
 
 DOMAIN_PREFIX = "vc-"
 _DOMAIN_RE = re.compile(r"^vc-(\d+)-(.+)\Z")
@@ -228,13 +229,33 @@ class Hypervisor:
         return tail_file(path, lines) if path else ""
 
 
+TAIL_BYTES = 64 * 1024  # a console log may be megabytes; its last lines are in its last bytes
+TAIL_LINE_WIDTH = 300
+
+
 def tail_file(path: str | Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a text file ('' when missing or unreadable)."""
+    """The last ``lines`` lines of a log for a message ('' when missing or unreadable).
+
+    Reads at most the last 64 KiB; each line is cut to 300 characters, and terminal escape
+    sequences and control characters are removed (:func:`slurm_vc.text.printable`): a guest's
+    console is its owner's text.
+    """
     try:
-        with open(path, errors="replace") as handle:
-            return "".join(deque(handle, maxlen=lines))
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            data = handle.read(TAIL_BYTES)
     except OSError:
         return ""
+    text = printable(data.decode(errors="replace"))
+    kept = text.split("\n")
+    if size > TAIL_BYTES and len(kept) > 1:
+        kept = kept[1:]  # the first line was cut by the window
+    ended = text.endswith("\n")
+    if ended:
+        kept = kept[:-1]
+    kept = kept[-lines:] if lines > 0 else []
+    return clip_lines("\n".join(kept), TAIL_LINE_WIDTH) + ("\n" if kept and ended else "")
 
 
 __all__ = ["Hypervisor", "domain_name", "parse_domain_name", "tail_file", "DOMAIN_PREFIX"]

@@ -46,31 +46,39 @@ class Probe(Protocol):
 
 
 class _GrowingText:
-    """New text of a file or a connected UNIX socket, accumulated across polls."""
+    """The new text of a file or a connected UNIX socket since the previous read.
+
+    A file that became shorter than what was read (virtlogd rotates a console log at its size
+    limit) is read again from its start.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self.offset = 0
         self.sock: Optional[socket.socket] = None
-        self.text = ""
+        self.pending = ""  # text received since the last read_new, from the socket
 
-    def read(self) -> str:
+    def read_new(self) -> str:
         try:
             mode = os.stat(self.path).st_mode
         except OSError:
-            return self.text
+            return ""
         if stat.S_ISSOCK(mode):
             self._read_socket()
-        elif stat.S_ISREG(mode):
-            try:
-                with open(self.path, "rb") as handle:
-                    handle.seek(self.offset)
-                    data = handle.read()
-            except OSError:
-                return self.text
-            self.offset += len(data)
-            self.text += data.decode(errors="replace")
-        return self.text
+            text, self.pending = self.pending, ""
+            return text
+        if not stat.S_ISREG(mode):
+            return ""
+        try:
+            with open(self.path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size < self.offset:
+                    self.offset = 0  # rotated or truncated: a new file
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return ""
+        self.offset += len(data)
+        return data.decode(errors="replace")
 
     def _read_socket(self) -> None:
         if self.sock is None:
@@ -93,7 +101,7 @@ class _GrowingText:
             if not data:  # QEMU closed the socket: reconnect on the next poll
                 self.close()
                 return
-            self.text += data.decode(errors="replace")
+            self.pending += data.decode(errors="replace")
 
     def close(self) -> None:
         if self.sock is not None:
@@ -109,12 +117,21 @@ class SerialProbe:
     def __init__(self, line: str, channel_path: Optional[str], console_log: Optional[str]):
         self.line = line
         self.sources = [_GrowingText(path) for path in (channel_path, console_log) if path]
+        # Per source, the end of what was read that could still begin the line: only the new text
+        # and this overlap are searched, so a chatty console costs neither memory nor rescans.
+        self._carry = ["" for _ in self.sources]
         self.description = f"the line {line!r} on " + " or ".join(source.path for source in self.sources)
         if not self.sources:
             raise ValueError("the serial probe needs a ready channel path or a console log")
 
     def poll(self) -> bool:
-        return any(self.line in source.read() for source in self.sources)
+        keep = len(self.line) - 1
+        found = False
+        for index, source in enumerate(self.sources):
+            window = self._carry[index] + source.read_new()
+            found = found or self.line in window
+            self._carry[index] = window[-keep:] if keep else ""
+        return found
 
     def close(self) -> None:
         for source in self.sources:

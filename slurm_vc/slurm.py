@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import SlurmError
+from .text import printable
 
 # Job states after which a job never runs again (squeue/scontrol JobState values).
 TERMINAL_JOB_STATES = frozenset(
@@ -393,6 +394,7 @@ def job_comment(job_id: int) -> str:
 
 def set_job_comment(job_id: int, comment: str) -> None:
     """Set the job's Comment (shown by ``scontrol show job``).  Needs root or the job's user."""
+    comment = printable(comment)
     if "\n" in comment:
         comment = " ".join(comment.split())
     _run(["scontrol", "update", f"JobId={job_id}", f"Comment={comment}"])
@@ -400,7 +402,7 @@ def set_job_comment(job_id: int, comment: str) -> None:
 
 def drain_node(node: str, reason: str) -> None:
     """Drain ``node`` with ``reason`` (what ``sinfo -R`` shows the admin).  Needs root."""
-    reason = " ".join(reason.split())[:250]
+    reason = " ".join(printable(reason).split())[:250]
     _run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
 
 

@@ -34,6 +34,34 @@ def test_serial_probe_reads_a_growing_file(tmp_path):
     assert probe.poll()
 
 
+def test_serial_probe_sees_the_line_after_the_console_log_is_rotated(tmp_path):
+    """virtlogd rotates a console log at its size limit: the new, shorter file is read from its start."""
+    console = tmp_path / "console.log"
+    console.write_text("x" * 10_000 + "\n")
+    probe = SerialProbe("SLURM-VC-READY", None, str(console))
+    assert not probe.poll()
+    console.rename(tmp_path / "console.log.0")
+    console.write_text("SLURM-VC-READY vc1-0\n")
+    assert probe.poll()
+
+
+def test_serial_probe_keeps_only_an_overlap_of_a_chatty_console(tmp_path):
+    console = tmp_path / "console.log"
+    probe = SerialProbe("SLURM-VC-READY", None, str(console))
+    with open(console, "w") as handle:
+        for _ in range(50):
+            handle.write("noise " * 1000 + "\n")
+            handle.flush()
+            assert not probe.poll()
+        handle.write("...SLURM-VC-")
+        handle.flush()
+        assert not probe.poll()
+        assert max(len(carry) for carry in probe._carry) == len("SLURM-VC-READY") - 1
+        handle.write("READY vc1-0\n")
+        handle.flush()
+    assert probe.poll()
+
+
 def test_serial_probe_falls_back_to_the_console_log(tmp_path):
     console = tmp_path / "console.log"
     console.write_text("[    1.0] kernel\nSLURM-VC-READY vc1-0\n")
