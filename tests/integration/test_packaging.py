@@ -79,7 +79,8 @@ def test_debian_package_builds_with_expected_files(tmp_path):
     # the installed launcher points at the system Python, not at a build venv
     extract = tmp_path / "x"
     subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(extract)], check=True)
-    assert (extract / "usr/bin/slurm-vc").read_text().startswith("#!/usr/bin/python3")
+    # ... isolated (-I): a submitting user's PYTHONPATH/PYTHONHOME must not reach the validator
+    assert (extract / "usr/bin/slurm-vc").read_text().splitlines()[0] == "#!/usr/bin/python3 -I"
     for hook in ("slurm-vc-prolog", "slurm-vc-epilog", "slurm-vc-task-prolog"):
         assert "@PYTHON@" not in (extract / "usr/libexec/slurm-vc" / hook).read_text()
 
