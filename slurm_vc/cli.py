@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         " 6 host, 7 hypervisor, 8 guest not ready, 9 Slurm, 10 state, 130 interrupted; run, ssh and"
         " sandbox exec pass on the command's code.  See docs/admin.md.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"slurm-vc {__version__}")
     config_help = "site config file (default: $SLURM_VC_CONFIG or /etc/slurm/vcluster.toml)"
     parser.add_argument("--config", help=config_help)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")  # not "command": run and ssh have one

@@ -49,3 +49,12 @@ def test_ssh_names_only_the_missing_guest(capsys):
         capsys.readouterr().err.splitlines()[-1]
         == "slurm-vc ssh: error: the following arguments are required: guest"
     )
+
+
+def test_version(capsys):
+    from slurm_vc import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"slurm-vc {__version__}\n"
