@@ -163,6 +163,16 @@ def check_hugepages(config: SiteConfig, paths: HostPaths) -> list[Check]:
         )
     kib = 2048 if size == "2M" else 1048576
     node_root = Path(paths.sys, "devices", "system", "node")
+    if not node_root.is_dir():
+        # The plan reads the global pools, but the prolog grows per-NUMA-node pools.
+        checks.append(
+            Check(
+                "hugepage pools",
+                FAIL,
+                f"{node_root} is missing: the kernel has no per-NUMA-node hugepage pools to grow",
+                "use a kernel with CONFIG_NUMA, or set host.hugepage_size = 'none'",
+            )
+        )
     for node_dir in sorted(node_root.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
         pool = node_dir / "hugepages" / f"hugepages-{kib}kB"
         if not pool.is_dir():
@@ -182,6 +192,16 @@ def check_hugepages(config: SiteConfig, paths: HostPaths) -> list[Check]:
         detail = f"{total} pages, {free} free"
         if headroom is not None:
             detail += f"; room for about {headroom} more"
+        if not os.access(pool / "nr_hugepages", os.W_OK):
+            checks.append(
+                Check(
+                    f"pool {node_dir.name} {size}",
+                    FAIL,
+                    f"{detail}; {pool / 'nr_hugepages'} is not writable: the prolog grows this pool",
+                    "run doctor and slurmd as root, with /sys mounted read-write",
+                )
+            )
+            continue
         status = PASS if headroom is None or headroom > 0 else WARN
         checks.append(
             Check(f"pool {node_dir.name} {size}", status, detail, "" if status == PASS else "free memory")
@@ -239,6 +259,79 @@ def check_bridge(config: SiteConfig, paths: HostPaths) -> Check:
     return Check(name, PASS, f"present and up, MTU {actual} (guests use {mtu})")
 
 
+def check_job_key(config: SiteConfig, paths: HostPaths) -> Check:
+    """The job key secret is readable and a job key can be derived from it, as the prolog does."""
+    from .errors import HostError
+    from .jobkey import job_key, read_secret
+
+    path = config.job_key_secret
+    try:
+        job_key(read_secret(path), 1)
+    except HostError as exc:
+        return Check(
+            "job key secret",
+            FAIL,
+            str(exc),
+            f"use a root-only file that is the same on every compute node (Slurm's munge.key, or"
+            f" `head -c 32 /dev/urandom > {path}; chmod 0400 {path}` copied to every node)",
+        )
+    except ImportError as exc:
+        return Check(
+            "job key secret", FAIL, f"cannot derive a job key: {exc}", "install python3-cryptography"
+        )
+    return Check("job key secret", PASS, f"{path} readable; job keys derive")
+
+
+def check_tools(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """The programs the prolog runs, found as the prolog finds them (slurmd gives it no PATH), and
+    the job isolation rules accepted by this kernel's nftables (``nft -c``, as root)."""
+    import shutil
+
+    from . import netdev
+    from .errors import VcError
+
+    checks = []
+    # images.create_overlay runs "qemu-img" by name: without PATH, Python searches os.defpath.
+    qemu_img = shutil.which("qemu-img", path=os.defpath)
+    checks.append(
+        Check("qemu-img", PASS, qemu_img)
+        if qemu_img
+        else Check(
+            "qemu-img", FAIL, f"not found in {os.defpath} (the prolog has no PATH)", "apt install qemu-utils"
+        )
+    )
+    if config.network.isolation == "none":
+        checks.append(Check("nftables", PASS, "network.isolation = 'none': no rules installed"))
+        return checks
+    nft = shutil.which("nft", path=netdev.TOOL_PATH)
+    if not nft:
+        checks.append(
+            Check(
+                "nftables",
+                FAIL,
+                f"nft not found in {netdev.TOOL_PATH} (network.isolation = 'nftables')",
+                "apt install nftables, or set network.isolation = 'none'",
+            )
+        )
+        return checks
+    if os.geteuid() != 0:
+        checks.append(Check("nftables", WARN, f"{nft} present; rules not tried (needs root)", "run as root"))
+        return checks
+    from .network import job_network
+
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename.split(".")[0]
+    try:
+        network = job_network(1, [node], config.network)
+        netdev.validate_ruleset(netdev.render_isolation(network, node))
+    except VcError as exc:
+        checks.append(
+            Check("nftables", FAIL, f"a job's isolation rules on node {node}: {exc}", "see docs/network.md")
+        )
+        return checks
+    checks.append(Check("nftables", PASS, f"{nft}: a job's isolation rules pass nft -c"))
+    return checks
+
+
 def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
     """Every catalog image's files exist and are readable; disk images also world-readable, as the
     prolog requires (QEMU reads them without libvirt relabelling them: ``images.check_base_image``)."""
@@ -277,7 +370,10 @@ def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    blocked = [str(p) for p in [existing, *existing.parents] if p.is_dir() and not p.stat().st_mode & 0o001]
+    below = [path / "jobs"] if path.is_dir() else []  # the job directories' parent, if made already
+    blocked = [
+        str(p) for p in [*below, existing, *existing.parents] if p.is_dir() and not p.stat().st_mode & 0o001
+    ]
     if blocked:
         return Check(
             name,
@@ -380,6 +476,22 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
             "PrologFlags=Alloc,DeferBatch (guests ready before the script)" if missing else "",
         )
     )
+    timeout_text = settings.get("prologepilogtimeout", "")
+    ready, lock = config.timeouts.ready, config.timeouts.lock
+    if timeout_text.isdigit():
+        timeout = int(timeout_text)
+        status = FAIL if timeout <= ready else WARN if timeout < ready + lock else PASS
+        checks.append(
+            Check(
+                "slurm.conf PrologEpilogTimeout",
+                status,
+                f"{timeout} s; timeouts.ready = {ready:g} s, timeouts.lock = {lock:g} s",
+                f"PrologEpilogTimeout > timeouts.ready + timeouts.lock ({ready + lock:g} s): a prolog Slurm"
+                " kills drains its node"
+                if status != PASS
+                else "",
+            )
+        )
     plugstack = settings.get("plugstackconfig") or os.path.join(os.path.dirname(conf_path), "plugstack.conf")
     plug_text = _read(plugstack) or ""
     if "slurm_vc" in plug_text or "slurm-vc" in plug_text or "vcluster" in plug_text:
@@ -402,6 +514,8 @@ CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_hugepages,
     check_libvirt,
     check_bridge,
+    check_job_key,
+    check_tools,
     check_images,
     check_state_dir,
     check_runtime_dir,

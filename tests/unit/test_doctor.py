@@ -1,5 +1,6 @@
 """doctor checks against recorded host trees in tmp_path (the live host is exercised by e2e)."""
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -158,6 +159,11 @@ def test_state_dir_must_be_traversable():
         locked.chmod(0o700)
         bad = check_state_dir(config_from_mapping({"state_dir": str(locked / "state")}), HostPaths())
         assert bad.status == FAIL and str(locked) in bad.detail and "chmod o+x" in bad.fix
+        # An existing jobs/ that QEMU cannot cross (the prolog does not chmod one it finds)
+        (base / "made" / "state" / "jobs").mkdir(parents=True)
+        (base / "made" / "state" / "jobs").chmod(0o700)
+        jobs = check_state_dir(config_from_mapping({"state_dir": str(base / "made" / "state")}), HostPaths())
+        assert jobs.status == FAIL and jobs.detail.startswith(f"{base}/made/state/jobs not traversable")
     finally:
         shutil.rmtree(base)
 
@@ -207,3 +213,96 @@ def test_kvm_access_reports_an_unknown_qemu_user_and_skips_a_missing_device(tmp_
     [unknown] = check_kvm_access(config(), kvm_host(tmp_path / "a", 0o660, "no-such-user-xyz"))
     assert unknown.status == WARN and "no-such-user-xyz" in unknown.detail
     assert check_kvm_access(config(), make_host(tmp_path / "b", kvm=False)) == []
+
+
+def test_job_key_secret(tmp_path):
+    from slurm_vc.doctor import check_job_key
+
+    secret = tmp_path / "secret"
+    cfg = config_from_mapping({"job_key_secret": str(secret)})
+    missing = check_job_key(cfg, HostPaths())
+    assert missing.status == FAIL and str(secret) in missing.detail and "urandom" in missing.fix
+    secret.write_bytes(b"short")
+    assert check_job_key(cfg, HostPaths()).status == FAIL
+    secret.write_bytes(b"s" * 32)
+    assert check_job_key(cfg, HostPaths()).status == PASS
+
+
+def test_tools_found_as_the_prolog_finds_them(tmp_path, monkeypatch):
+    """Found through the prolog's search path, not the admin's PATH; the rules tried with nft -c."""
+    import shutil
+
+    from slurm_vc import doctor, netdev
+    from slurm_vc.errors import NetworkError
+
+    searched = []
+
+    def which(name, path=None):
+        searched.append((name, path))
+        return f"/usr/bin/{name}" if name in present else None
+
+    monkeypatch.setattr(shutil, "which", which)
+    tried = []
+    monkeypatch.setattr(netdev, "validate_ruleset", lambda script, netns=None: tried.append(script))
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("SLURMD_NODENAME", "cn01")
+    present = {"qemu-img", "nft"}
+    checks = doctor.check_tools(config(), HostPaths())
+    assert [(c.name, c.status) for c in checks] == [("qemu-img", PASS), ("nftables", PASS)]
+    assert searched == [("qemu-img", os.defpath), ("nft", netdev.TOOL_PATH)]
+    assert len(tried) == 1 and "vct1i0" in tried[0]  # the node's guest tap of a sample job
+    present = set()
+    checks = doctor.check_tools(config(), HostPaths())
+    assert [(c.name, c.status) for c in checks] == [("qemu-img", FAIL), ("nftables", FAIL)]
+    assert "isolation = 'none'" in checks[1].fix
+    present = {"qemu-img", "nft"}
+
+    def refuse(script, netns=None):
+        raise NetworkError("nft: Error: Could not process rule: No such file or directory")
+
+    monkeypatch.setattr(netdev, "validate_ruleset", refuse)
+    [_, rules] = doctor.check_tools(config(), HostPaths())
+    assert rules.status == FAIL and "No such file" in rules.detail and "cn01" in rules.detail
+    # A hostname_format that this node's name breaks fails here, not in the first prolog.
+    monkeypatch.setenv("SLURMD_NODENAME", "cn_01")
+    bad_format = config_from_mapping({"network": {"hostname_format": "{node}"}})
+    [_, rules] = doctor.check_tools(bad_format, HostPaths())
+    assert rules.status == FAIL and "hostname_format" in rules.detail
+    off = config_from_mapping({"network": {"isolation": "none"}})
+    assert [c.status for c in doctor.check_tools(off, HostPaths())] == [PASS, PASS]
+
+
+def test_hugepage_pools_must_exist_per_node_and_be_writable(tmp_path, monkeypatch):
+    from slurm_vc import doctor
+
+    host = make_host(tmp_path / "a")
+    real_access = os.access
+    monkeypatch.setattr(
+        doctor.os,
+        "access",
+        lambda path, mode: False if str(path).endswith("nr_hugepages") else real_access(path, mode),
+    )
+    checks = check_hugepages(config(), host)
+    assert checks[1].status == FAIL and "not writable" in checks[1].detail
+    monkeypatch.undo()
+    bare = make_host(tmp_path / "b")
+    import shutil
+
+    shutil.rmtree(Path(bare.sys, "devices/system/node"))
+    checks = check_hugepages(config(), bare)
+    assert [(c.name, c.status) for c in checks] == [("hugetlbfs 2M", PASS), ("hugepage pools", FAIL)]
+
+
+def test_prolog_epilog_timeout(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    host = make_host(tmp_path)
+
+    def verdict(value):
+        Path(host.slurm_conf).write_text(f"PrologEpilogTimeout={value}\n" if value else "")
+        found = [c for c in check_slurm(config(), host) if c.name == "slurm.conf PrologEpilogTimeout"]
+        return found[0].status if found else None
+
+    assert verdict(100) == FAIL  # not even timeouts.ready (120 s)
+    assert verdict(130) == WARN  # under ready + lock (150 s)
+    assert verdict(300) == PASS
+    assert verdict(None) is None  # unset: Slurm does not time prologs out
