@@ -25,8 +25,10 @@ def overlay_path(job_dir: str | os.PathLike, name: str) -> Path:
 def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = True) -> Path:
     """The base image as an absolute path, after checking it is a readable regular file.
 
+    A disk image must also be world-readable in a directory every user can search: QEMU opens it as
+    an unprivileged user, and libvirt is told not to relabel the shared image.
     ``world_readable=False`` for a direct-kernel-boot kernel or initrd, which libvirt hands to QEMU
-    itself (it relabels them), unlike the shared disk image it is told not to relabel.
+    itself (it relabels them).
     """
     path = Path(base_image)
     if not path.is_absolute():
@@ -45,6 +47,16 @@ def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = Tr
         # (chown) the shared catalog image, so QEMU reads it through the "other" bits.
         fix = f"chmod o+r {path}"
         raise ImageError(f"catalog image {path} must be world-readable ({fix})", fix=fix)
+    if world_readable:
+        # ... and it reaches the file through the "other" search bits of every directory above it.
+        closed = [str(parent) for parent in path.parents if not parent.stat().st_mode & 0o001]
+        if closed:
+            fix = f"chmod o+x {' '.join(closed)}"
+            raise ImageError(
+                f"catalog image {path} is below {', '.join(closed)}, which other users cannot search:"
+                f" QEMU cannot reach it ({fix})",
+                fix=fix,
+            )
     return path
 
 

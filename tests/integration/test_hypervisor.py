@@ -220,8 +220,9 @@ def test_overlay_errors(base_disk, tmp_path):
         create_overlay("/no/such/image.qcow2", tmp_path, "g")
     with pytest.raises(ImageError, match="absolute"):
         create_overlay("relative.qcow2", tmp_path, "g")
-    raw = tmp_path / "raw.img"
+    raw = Path(base_disk).parent / "raw.img"  # where QEMU can reach it, as a catalog image must be
     raw.write_bytes(b"\0" * 1024 * 1024)
+    raw.chmod(0o444)
     with pytest.raises(ImageError, match="cannot back an overlay as qcow2"):
         create_overlay(str(raw), tmp_path / "job", "g", base_format="qcow2")
     assert not (tmp_path / "job" / "g.qcow2").exists()

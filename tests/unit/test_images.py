@@ -1,16 +1,45 @@
 """check_base_image: the catalog image checks that run before any overlay is made."""
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from slurm_vc.errors import ImageError
 from slurm_vc.images import check_base_image
 
 
-def test_readable_world_readable_image_passes(tmp_path):
-    image = tmp_path / "base.qcow2"
+@pytest.fixture
+def open_dir():
+    """A directory every user can search (pytest's own base directory is 0700)."""
+    path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="vc-images-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_readable_world_readable_image_passes(open_dir):
+    image = open_dir / "base.qcow2"
     image.write_bytes(b"QFI\xfb" + b"\0" * 508)
     image.chmod(0o444)
     assert check_base_image(str(image)) == image
+
+
+def test_an_image_qemu_cannot_reach_names_the_closed_directory(open_dir):
+    """QEMU opens the base image as another user: a 0750 directory above it stops it (a libvirt
+    error that drained the node, before this check made it the image's fault)."""
+    closed = open_dir / "catalog"
+    closed.mkdir()
+    image = closed / "base.qcow2"
+    image.write_bytes(b"QFI\xfb")
+    image.chmod(0o444)
+    closed.chmod(0o750)
+    with pytest.raises(ImageError) as info:
+        check_base_image(str(image))
+    assert f"below {closed}, which other users cannot search" in str(info.value)
+    assert info.value.fix == f"chmod o+x {closed}"
+    assert check_base_image(str(image), world_readable=False) == image  # kernels: libvirt relabels them
 
 
 @pytest.mark.parametrize(
