@@ -230,12 +230,42 @@ def check_libvirt(config: SiteConfig, paths: HostPaths) -> Check:
             f"cannot connect to {config.host.libvirt_uri}: {exc.get_error_message()}",
             "start libvirtd (after mounting hugetlbfs) or fix host.libvirt_uri",
         )
+    host = config.host
+    what = f"{host.domain_type} guests" + (f" with {host.emulator}" if host.emulator else "")
     try:
         version = conn.getLibVersion()
+        # What the prolog's createXML needs: an emulator for this domain type (and the CPU model).
+        capabilities = conn.getDomainCapabilities(host.emulator, None, None, host.domain_type)
+    except libvirt.libvirtError as exc:
+        return Check(
+            "libvirtd",
+            FAIL,
+            f"{host.libvirt_uri} cannot run {what}: {exc.get_error_message()}",
+            "install QEMU (qemu-system-x86), or fix host.emulator / host.domain_type",
+        )
     finally:
         conn.close()
     major, minor = version // 1000000, (version // 1000) % 1000
-    return Check("libvirtd", PASS, f"{config.host.libvirt_uri} reachable (libvirt {major}.{minor})")
+    detail = f"{host.libvirt_uri} reachable (libvirt {major}.{minor}), runs {what}"
+    if host.cpu_mode == "custom" and host.cpu_model:
+        usable = re.findall(r"<model usable='(yes|no)'[^>]*>([^<]+)</model>", capabilities)
+        known = {name: flag for flag, name in usable}
+        if host.cpu_model not in known:
+            return Check(
+                "libvirtd",
+                FAIL,
+                f"{detail}; CPU model {host.cpu_model!r} is unknown to this QEMU",
+                "set host.cpu_model to a model `virsh domcapabilities` lists",
+            )
+        if known[host.cpu_model] == "no" and host.cpu_model_fallback == "forbid":
+            return Check(
+                "libvirtd",
+                FAIL,
+                f"{detail}; CPU model {host.cpu_model!r} is not usable on this host and cpu_model_fallback"
+                " = 'forbid'",
+                "choose a model `virsh domcapabilities` marks usable, or allow the fallback",
+            )
+    return Check("libvirtd", PASS, detail)
 
 
 def check_bridge(config: SiteConfig, paths: HostPaths) -> Check:
