@@ -214,6 +214,24 @@ def _meminfo_free_kib(path: Path) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def check_topology(config: SiteConfig, paths: HostPaths) -> Check:
+    """The host topology reads as the prolog reads it (every placement starts from it)."""
+    from .errors import VcError
+    from .topology import read_topology
+
+    try:
+        topology = read_topology(paths.sys)  # a sysfs root: the prolog's "/" reads the same sys/
+    except VcError as exc:
+        return Check("host topology", FAIL, str(exc), "the prolog reads the same files: fix sysfs access")
+    cores = topology.cores()
+    return Check(
+        "host topology",
+        PASS,
+        f"{len(topology.sockets)} socket(s), {len(topology.nodes)} NUMA node(s), {len(cores)} cores,"
+        f" {len(topology.cpus)} CPUs",
+    )
+
+
 def check_libvirt(config: SiteConfig, paths: HostPaths) -> Check:
     """Can we reach libvirtd at the configured URI?"""
     try:
@@ -541,6 +559,7 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
 CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_virtualisation,
     check_kvm_access,
+    check_topology,
     check_hugepages,
     check_libvirt,
     check_bridge,

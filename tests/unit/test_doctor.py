@@ -306,3 +306,13 @@ def test_prolog_epilog_timeout(tmp_path, monkeypatch):
     assert verdict(130) == WARN  # under ready + lock (150 s)
     assert verdict(300) == PASS
     assert verdict(None) is None  # unset: Slurm does not time prologs out
+
+
+def test_topology_reads_as_the_prolog_reads_it(tmp_path):
+    from slurm_vc.doctor import check_topology
+
+    cray = Path(__file__).resolve().parents[1] / "fixtures" / "sysfs" / "cray-xc30"
+    good = check_topology(config(), replace(make_host(tmp_path / "a"), sys=str(cray)))
+    assert good.status == PASS and good.detail == "2 socket(s), 2 NUMA node(s), 24 cores, 24 CPUs"
+    broken = check_topology(config(), make_host(tmp_path / "b"))  # a tree without devices/system/cpu
+    assert broken.status == FAIL and "not a sysfs tree" in broken.detail
