@@ -39,6 +39,7 @@ class HostPaths:
     sys: str = "/sys"
     dev_kvm: str = "/dev/kvm"
     slurm_conf: Optional[str] = None  # None: $SLURM_CONF, else DEFAULT_SLURM_CONF
+    slurm_configless: str = "/run/slurm/conf"  # slurmd's copies of the config files, when configless
     qemu_conf: str = "/etc/libvirt/qemu.conf"
 
 
@@ -497,10 +498,24 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
     """slurm.conf has Prolog, Epilog, TaskProlog, PrologFlags=Alloc(,DeferBatch) and the plugstack entry."""
     conf_path = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
     text = _read(conf_path)
-    if text is None:
-        return [Check("slurm.conf", FAIL, f"cannot read {conf_path}", "set SLURM_CONF or install Slurm")]
-    settings = _slurm_settings(text)
     checks = []
+    if text is None:
+        # A configless node: slurmd fetched the files from slurmctld and links its copies here.
+        configless = os.path.join(paths.slurm_configless, "slurm.conf")
+        text = _read(configless)
+        if text is None:
+            return [
+                Check(
+                    "slurm.conf",
+                    FAIL,
+                    f"cannot read {conf_path}, nor a configless copy in {configless}",
+                    "set SLURM_CONF or install Slurm (a configless slurmd must be running)",
+                )
+            ]
+        detail = f"no {conf_path}: read slurmd's configless copy {configless}"
+        checks.append(Check("slurm.conf", PASS, detail))
+        conf_path = configless
+    settings = _slurm_settings(text)
     for key, needle in (("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "task-prolog")):
         value = settings.get(key.lower(), "")
         if "slurm-vc" in value or needle in value:
@@ -541,6 +556,9 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
             )
         )
     plugstack = settings.get("plugstackconfig") or os.path.join(os.path.dirname(conf_path), "plugstack.conf")
+    if conf_path.startswith(paths.slurm_configless + "/"):
+        # configless: slurmd uses its copy of the controller's file, whatever is at that path here
+        plugstack = os.path.join(paths.slurm_configless, os.path.basename(plugstack))
     plug_text = _read(plugstack) or ""
     if "slurm_vc" in plug_text or "slurm-vc" in plug_text or "vcluster" in plug_text:
         checks.append(Check("plugstack entry", PASS, plugstack))

@@ -43,6 +43,7 @@ def make_host(tmp_path: Path, *, flags="vmx", pvm=False, kvm=True, hugetlbfs=Tru
         sys=str(sys),
         dev_kvm=str(dev_kvm),
         slurm_conf=str(tmp_path / "slurm.conf"),
+        slurm_configless=str(tmp_path / "run-slurm-conf"),
         qemu_conf=str(tmp_path / "qemu.conf"),
     )
 
@@ -316,3 +317,24 @@ def test_topology_reads_as_the_prolog_reads_it(tmp_path):
     assert good.status == PASS and good.detail == "2 socket(s), 2 NUMA node(s), 24 cores, 24 CPUs"
     broken = check_topology(config(), make_host(tmp_path / "b"))  # a tree without devices/system/cpu
     assert broken.status == FAIL and "not a sysfs tree" in broken.detail
+
+
+def test_configless_node_reads_slurmds_copy(tmp_path, monkeypatch):
+    """No slurm.conf of its own: slurmd's configless copies (/run/slurm/conf) are what is in force."""
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    host = make_host(tmp_path)
+    cache = Path(host.slurm_configless)
+    cache.mkdir()
+    (cache / "slurm.conf").write_text(
+        "Prolog=/usr/libexec/slurm-vc/slurm-vc-prolog\nEpilog=/usr/libexec/slurm-vc/slurm-vc-epilog\n"
+        "TaskProlog=/usr/libexec/slurm-vc/slurm-vc-task-prolog\nPrologFlags=Alloc,DeferBatch\n"
+        "PlugStackConfig=/etc/slurm/plugstack.conf\n"  # the controller's path, absent here
+    )
+    (cache / "plugstack.conf").write_text("required /usr/lib/slurm/slurm_vc.so\n")
+    checks = {c.name: c for c in check_slurm(config(), host)}
+    assert all(c.status == PASS for c in checks.values()), checks
+    assert checks["slurm.conf"].detail.endswith(f"configless copy {cache / 'slurm.conf'}")
+    assert checks["plugstack entry"].detail == str(cache / "plugstack.conf")
+    (cache / "slurm.conf").unlink()
+    [missing] = check_slurm(config(), host)
+    assert missing.status == FAIL and "nor a configless copy" in missing.detail
