@@ -1,6 +1,7 @@
 """Node readiness checks for ``slurm-vc doctor``: each check is a small function returning a Check.
 
-Checks read the host (sysfs, /proc, the Slurm config files, libvirt) but change nothing.  Roots are
+Checks read the host (sysfs, /proc, the Slurm config files, libvirt) but change nothing: ``nft -c``
+only checks rules, and the O_DIRECT probe file in state_dir is removed at once.  Roots are
 injectable so tests can point them at recorded trees.
 """
 
@@ -432,7 +433,32 @@ def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
         )
     if not os.access(existing, os.W_OK):
         return Check(name, FAIL, f"{existing} is not writable", "run as root, or fix state_dir")
+    if not _supports_direct_io(existing):
+        return Check(
+            name,
+            FAIL,
+            f"the file system of {existing} refuses O_DIRECT, which QEMU needs for the guests' overlays"
+            " (cache='none'; tmpfs before Linux 6.6, for one)",
+            "put state_dir on a disk file system (ext4, xfs)",
+        )
     return Check(name, PASS, f"{path}{'' if path.exists() else ' (created at first use)'}")
+
+
+def _supports_direct_io(directory: Path) -> bool:
+    """Can a file in ``directory`` be opened with O_DIRECT?  (A probe file, removed at once.)"""
+    import errno
+
+    probe = directory / f".slurm-vc-doctor-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_DIRECT, 0o600))
+    except OSError as exc:
+        return exc.errno != errno.EINVAL  # other errors are not about O_DIRECT
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    return True
 
 
 def _file_system(mounts_text: str, path: str) -> tuple[str, str]:

@@ -338,3 +338,29 @@ def test_configless_node_reads_slurmds_copy(tmp_path, monkeypatch):
     (cache / "slurm.conf").unlink()
     [missing] = check_slurm(config(), host)
     assert missing.status == FAIL and "nor a configless copy" in missing.detail
+
+
+def test_state_dir_needs_direct_io(tmp_path, monkeypatch):
+    """The overlays are opened with O_DIRECT (cache='none'): a file system that refuses it fails."""
+    import errno
+
+    from slurm_vc import doctor
+
+    monkeypatch.setattr(doctor, "_supports_direct_io", lambda directory: True)
+    state = Path("/var/tmp")  # a directory every user can search, unlike pytest's base
+    cfg = config_from_mapping({"state_dir": str(state / "vc-doctor-direct-io" / "state")})
+    assert doctor.check_state_dir(cfg, HostPaths()).status == PASS
+    monkeypatch.undo()
+    assert doctor._supports_direct_io(tmp_path)  # ext4 or tmpfs here (tmpfs has it since 6.6)
+    assert not list(tmp_path.iterdir())  # the probe is gone
+    real_open = os.open
+
+    def refuse(path, flags, mode=0o777):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(doctor.os, "open", refuse)
+    bad = doctor.check_state_dir(cfg, HostPaths())
+    assert bad.status == FAIL and "O_DIRECT" in bad.detail and "ext4" in bad.fix
+    assert not list(Path("/var/tmp").glob(".slurm-vc-doctor-*"))
