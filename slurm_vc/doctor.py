@@ -520,6 +520,25 @@ def _slurm_settings(text: str) -> dict[str, str]:
     return settings
 
 
+def _with_includes(text: str, base_dir: str, depth: int = 0) -> str:
+    """slurm.conf text with its ``Include FILE`` lines (globs; relative to slurm.conf's directory)
+    replaced by the files' text, as slurmd reads it; a later setting wins, as in Slurm."""
+    import glob
+
+    lines = []
+    for line in text.splitlines():
+        match = re.match(r"^\s*include\s+(\S+)", line.split("#", 1)[0], re.IGNORECASE)
+        if not match or depth >= 10:
+            lines.append(line)
+            continue
+        pattern = os.path.join(base_dir, match.group(1))  # an absolute path stays as it is
+        for path in sorted(glob.glob(pattern)):
+            included = _read(path)
+            if included is not None:
+                lines.append(_with_includes(included, base_dir, depth + 1))
+    return "\n".join(lines)
+
+
 def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
     """slurm.conf has Prolog, Epilog, TaskProlog, PrologFlags=Alloc(,DeferBatch) and the plugstack entry."""
     conf_path = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
@@ -541,7 +560,7 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
         detail = f"no {conf_path}: read slurmd's configless copy {configless}"
         checks.append(Check("slurm.conf", PASS, detail))
         conf_path = configless
-    settings = _slurm_settings(text)
+    settings = _slurm_settings(_with_includes(text, os.path.dirname(conf_path)))
     for key, needle in (("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "task-prolog")):
         value = settings.get(key.lower(), "")
         if "slurm-vc" in value or needle in value:

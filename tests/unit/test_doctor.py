@@ -364,3 +364,24 @@ def test_state_dir_needs_direct_io(tmp_path, monkeypatch):
     bad = doctor.check_state_dir(cfg, HostPaths())
     assert bad.status == FAIL and "O_DIRECT" in bad.detail and "ext4" in bad.fix
     assert not list(Path("/var/tmp").glob(".slurm-vc-doctor-*"))
+
+
+def test_slurm_lines_in_included_files(tmp_path, monkeypatch):
+    """Sites keep the hooks in an included file (Include prolog.conf, or a glob): read as slurmd does."""
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    host = make_host(tmp_path)
+    (tmp_path / "plugstack.conf").write_text("required /usr/lib/slurm/slurm_vc.so\n")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "10-hooks.conf").write_text(
+        "Prolog=/usr/libexec/slurm-vc/slurm-vc-prolog\nEpilog=/usr/libexec/slurm-vc/slurm-vc-epilog\n"
+    )
+    (tmp_path / "conf.d" / "20-task.conf").write_text(
+        "TaskProlog=/usr/libexec/slurm-vc/slurm-vc-task-prolog\n"
+    )
+    (tmp_path / "flags.conf").write_text("PrologFlags=Alloc,DeferBatch  # deferred\n")
+    Path(host.slurm_conf).write_text(
+        f"ClusterName=x\ninclude conf.d/*.conf\nInclude {tmp_path / 'flags.conf'}\n"
+    )
+    checks = check_slurm(config(), host)
+    assert [(c.name, c.status) for c in checks if c.status != PASS] == []
+    assert len(checks) == 5
