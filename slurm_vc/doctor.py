@@ -386,7 +386,7 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
     """Every catalog image's files exist and are readable; disk images also world-readable, as the
     prolog requires (QEMU reads them without libvirt relabelling them: ``images.check_base_image``)."""
     from .errors import ImageError
-    from .images import check_base_image
+    from .images import check_base_image, check_boot_files
 
     if not config.images:
         return [Check("images", FAIL, "the catalog is empty", "add an [images.NAME] table")]
@@ -400,9 +400,7 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
             )
             continue
         try:
-            for boot_file in (image.kernel, image.initrd):
-                if boot_file:
-                    check_base_image(boot_file, world_readable=False)
+            check_boot_files(image)
             if image.disk:
                 check_base_image(image.disk)
         except ImageError as exc:
@@ -420,10 +418,10 @@ def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    from .images import closed_to_others
+
     below = [path / "jobs"] if path.is_dir() else []  # the job directories' parent, if made already
-    blocked = [
-        str(p) for p in [*below, existing, *existing.parents] if p.is_dir() and not p.stat().st_mode & 0o001
-    ]
+    blocked = [str(p) for p in closed_to_others([*below, existing, *existing.parents])]
     if blocked:
         return Check(
             name,

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import HostError, ImageError
+
+if TYPE_CHECKING:  # an annotation only: importing images.py does not pull in pydantic
+    from .config import ImageSpec
 
 QEMU_IMG = "qemu-img"
 IMAGE_FORMATS = ("qcow2", "raw")
@@ -20,6 +25,21 @@ IMAGE_FORMATS = ("qcow2", "raw")
 def overlay_path(job_dir: str | os.PathLike, name: str) -> Path:
     """Where the overlay for guest ``name`` lives in ``job_dir``."""
     return Path(job_dir) / f"{name}.qcow2"
+
+
+def closed_to_others(directories: Iterable[Path]) -> list[Path]:
+    """The directories among ``directories`` that other users cannot search (no ``o+x``): QEMU,
+    running as an unprivileged user, cannot reach anything below them."""
+    return [path for path in directories if path.is_dir() and not path.stat().st_mode & 0o001]
+
+
+def check_boot_files(image: ImageSpec) -> None:
+    """The image's direct-kernel-boot kernel and initrd, if it has them, exist and are readable
+    (ImageError otherwise: the user's choice of image, not a libvirt fault).  libvirt hands them to
+    QEMU itself, relabelled, so they need not be world-readable."""
+    for boot_file in (image.kernel, image.initrd):
+        if boot_file:
+            check_base_image(boot_file, world_readable=False)
 
 
 def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = True) -> Path:
@@ -49,7 +69,7 @@ def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = Tr
         raise ImageError(f"catalog image {path} must be world-readable ({fix})", fix=fix)
     if world_readable:
         # ... and it reaches the file through the "other" search bits of every directory above it.
-        closed = [str(parent) for parent in path.parents if not parent.stat().st_mode & 0o001]
+        closed = [str(parent) for parent in closed_to_others(path.parents)]
         if closed:
             fix = f"chmod o+x {' '.join(closed)}"
             raise ImageError(
@@ -121,4 +141,12 @@ def image_info(path: str | os.PathLike, qemu_img: str = QEMU_IMG) -> dict:
     return json.loads(result.stdout)
 
 
-__all__ = ["create_overlay", "remove_overlay", "overlay_path", "check_base_image", "image_info"]
+__all__ = [
+    "check_base_image",
+    "check_boot_files",
+    "closed_to_others",
+    "create_overlay",
+    "image_info",
+    "overlay_path",
+    "remove_overlay",
+]

@@ -140,7 +140,7 @@ def start_guest(
 def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, hook: CrashHook) -> GuestInfo:
     from . import netdev, network, seed
     from .domain import GuestDevices, render_domain_xml
-    from .images import check_base_image, create_overlay, overlay_path
+    from .images import check_boot_files, create_overlay, overlay_path
     from .plan import place
     from .readiness import wait_ready
     from .request import parse_request
@@ -201,9 +201,7 @@ def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, 
     lap("hugepages")
 
     hook("overlay")
-    for boot_file in (image.kernel, image.initrd):
-        if boot_file:  # missing on this node: the user's choice of image (ImageError), not a libvirt fault
-            check_base_image(boot_file, world_readable=False)
+    check_boot_files(image)  # missing on this node: the user's ImageError, not a libvirt fault
     overlay = None
     if image.disk:
         overlay = str(overlay_path(directory, me.domain_name))

@@ -69,12 +69,12 @@ static void child(const struct vc_config *conf, const char *value, int out_fd)
 	_exit(EXEC_FAILED);
 }
 
+static int run_validator(const struct vc_config *conf, const char *value, char *msg, size_t msglen);
+
 /*
  * 0: the value is valid (or the validator could not run and required=0).
  * -1: reject, with msg set to the reason for the user.
  */
-static int run_validator(const struct vc_config *conf, const char *value, char *msg, size_t msglen);
-
 int vc_validate(const struct vc_config *conf, const char *value, char *msg, size_t msglen)
 {
 	struct sigaction dfl = { .sa_handler = SIG_DFL }, old;

@@ -344,13 +344,16 @@ def _copy_new_files(source: Path, target: Path) -> None:
 
 def _check_traversable(path: Path) -> None:
     """Raise HostError unless every directory above ``path`` lets other users (QEMU) pass."""
-    for parent in [path, *path.parents]:
-        if not os.stat(parent).st_mode & 0o001:
-            raise HostError(
-                f"{parent} is not searchable by other users (mode {oct(os.stat(parent).st_mode & 0o777)}):"
-                f" QEMU, running as an unprivileged user, could not reach the hugepage mounts under {path};"
-                f" use another base directory or 'chmod o+x {parent}'"
-            )
+    from ..images import closed_to_others
+
+    closed = closed_to_others([path, *path.parents])
+    if closed:
+        parent = closed[0]
+        raise HostError(
+            f"{parent} is not searchable by other users (mode {oct(os.stat(parent).st_mode & 0o777)}):"
+            f" QEMU, running as an unprivileged user, could not reach the hugepage mounts under {path};"
+            f" use another base directory or 'chmod o+x {parent}'"
+        )
 
 
 def _tail(path: Path, lines: int = 20) -> str:
