@@ -12,9 +12,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .config import SiteConfig
+
+if TYPE_CHECKING:
+    from .qemu_access import QemuUser
 
 PASS, WARN, FAIL = "pass", "warn", "FAIL"
 
@@ -80,6 +83,27 @@ def _qemu_user(paths: HostPaths) -> str:
     return found[-1] if found else "libvirt-qemu"
 
 
+def _qemu_identity(config: SiteConfig, paths: HostPaths) -> QemuUser:
+    """Who QEMU runs as, as the prolog learns it (libvirt's DAC base label for the domain type);
+    qemu.conf's ``user`` when libvirtd cannot be asked; else any unprivileged user ("other" bits)."""
+    from .qemu_access import UNPRIVILEGED, dac_label, qemu_user, user_named
+
+    try:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        conn = libvirt.open(config.host.libvirt_uri)
+        try:
+            label = dac_label(conn.getCapabilities(), config.host.domain_type)
+        finally:
+            conn.close()
+        if label:
+            return qemu_user(*label)
+    except Exception:  # no bindings, no daemon: fall back to the configuration file
+        pass
+    return user_named(_qemu_user(paths)) or UNPRIVILEGED
+
+
 def check_kvm_access(config: SiteConfig, paths: HostPaths) -> list[Check]:
     """Can libvirt's QEMU user open /dev/kvm read-write?
 
@@ -90,32 +114,23 @@ def check_kvm_access(config: SiteConfig, paths: HostPaths) -> list[Check]:
     kvm group id.
     """
     import grp
-    import pwd
+
+    from .qemu_access import READ, WRITE, permits, user_named
 
     if not os.path.exists(paths.dev_kvm):
         return []  # check_virtualisation reports it
     name = "/dev/kvm access"
     user = _qemu_user(paths)
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
+    qemu = user_named(user)
+    if qemu is None:
         return [Check(name, WARN, f"libvirt's QEMU user {user!r} (qemu.conf) does not exist", "")]
     info = os.stat(paths.dev_kvm)
-    groups = set(os.getgrouplist(user, entry.pw_gid))
-    if entry.pw_uid == 0:
-        bits = 0o6
-    elif entry.pw_uid == info.st_uid:
-        bits = (info.st_mode >> 6) & 0o7
-    elif info.st_gid in groups:
-        bits = (info.st_mode >> 3) & 0o7
-    else:
-        bits = info.st_mode & 0o7
     try:
         owner_group = grp.getgrgid(info.st_gid).gr_name
     except KeyError:
         owner_group = str(info.st_gid)  # a group id this host does not know: the usual culprit
     shown = f"{paths.dev_kvm} (group {owner_group}, mode {info.st_mode & 0o777:04o})"
-    if bits & 0o6 == 0o6:
+    if permits(Path(paths.dev_kvm), qemu, READ | WRITE):
         return [Check(name, PASS, f"{shown} is read-write for libvirt's QEMU user {user}")]
     impact = (
         "KVM guests cannot start"
@@ -383,14 +398,16 @@ def check_tools(config: SiteConfig, paths: HostPaths) -> list[Check]:
 
 
 def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
-    """Every catalog image's files exist and are readable; disk images also world-readable, as the
-    prolog requires (QEMU reads them without libvirt relabelling them: ``images.check_base_image``)."""
+    """Every catalog image's files exist and are readable; disk images also readable by QEMU's
+    user, as the prolog requires (QEMU reads them without libvirt relabelling them:
+    ``images.check_base_image``)."""
     from .errors import ImageError
     from .images import check_base_image, check_boot_files
 
     if not config.images:
         return [Check("images", FAIL, "the catalog is empty", "add an [images.NAME] table")]
     checks = []
+    qemu = _qemu_identity(config, paths) if any(image.disk for image in config.images.values()) else None
     for name, image in sorted(config.images.items()):
         files = [path for path in (image.disk, image.kernel, image.initrd) if path]
         bad = [path for path in files if not os.access(path, os.R_OK)]
@@ -402,7 +419,7 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
         try:
             check_boot_files(image)
             if image.disk:
-                check_base_image(image.disk)
+                check_base_image(image.disk, qemu=qemu)
         except ImageError as exc:
             checks.append(Check(f"image {name}", FAIL, str(exc), exc.fix or "fix the path in the catalog"))
             continue
@@ -411,22 +428,25 @@ def check_images(config: SiteConfig, paths: HostPaths) -> list[Check]:
 
 
 def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
-    """state_dir exists or can be made, and QEMU (an unprivileged user) can traverse every directory
-    above it: the overlays, seeds and sockets of each job live below it."""
+    """state_dir exists or can be made, and QEMU (libvirt's user, not root) can search every
+    directory above it: the overlays, seeds and sockets of each job live below it."""
     path = Path(config.state_dir)
     name = "state_dir"
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    from .images import closed_to_others
+    from .qemu_access import UNPRIVILEGED, closed_directories
 
+    qemu = _qemu_identity(config, paths)
     below = [path / "jobs"] if path.is_dir() else []  # the job directories' parent, if made already
-    blocked = [str(p) for p in closed_to_others([*below, existing, *existing.parents])]
+    chain = list(dict.fromkeys([*below, existing, *existing.parents, *existing.resolve().parents]))
+    blocked = [str(p) for p in closed_directories(chain, qemu)]
     if blocked:
+        who = "other users" if qemu is UNPRIVILEGED else f"QEMU's user {qemu.name}"
         return Check(
             name,
             FAIL,
-            f"{', '.join(blocked)} not traversable by other users: QEMU cannot reach guest files",
+            f"{', '.join(blocked)} not searchable by {who}: QEMU cannot reach guest files",
             f"chmod o+x {' '.join(blocked)}, or move state_dir",
         )
     if not os.access(existing, os.W_OK):

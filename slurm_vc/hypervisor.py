@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import HugepageError, HypervisorError
 from .text import clip_lines, printable
+
+if TYPE_CHECKING:
+    from .qemu_access import QemuUser
 
 DOMAIN_PREFIX = "vc-"
 _DOMAIN_RE = re.compile(r"^vc-(\d+)-(.+)\Z")
@@ -96,6 +99,18 @@ class Hypervisor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def qemu_user(self, domain_type: str) -> QemuUser:
+        """The user libvirt runs QEMU as for ``domain_type`` (its DAC base label), with that user's
+        groups; UNPRIVILEGED (the "other" bits) when libvirt reports none or cannot say."""
+        from .qemu_access import UNPRIVILEGED, dac_label, qemu_user
+
+        libvirt = _libvirt()
+        try:
+            label = dac_label(self._connection().getCapabilities(), domain_type)
+        except libvirt.libvirtError:
+            return UNPRIVILEGED
+        return qemu_user(*label) if label else UNPRIVILEGED
 
     def _error(self, what: str, exc) -> HypervisorError:
         return HypervisorError(f"libvirt at {self.uri}: {what}: {exc.get_error_message()}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import HostError, ImageError
+from .qemu_access import READ, UNPRIVILEGED, QemuUser, closed_directories, describe_mode, permits
 
 if TYPE_CHECKING:  # an annotation only: importing images.py does not pull in pydantic
     from .config import ImageSpec
@@ -27,28 +27,29 @@ def overlay_path(job_dir: str | os.PathLike, name: str) -> Path:
     return Path(job_dir) / f"{name}.qcow2"
 
 
-def closed_to_others(directories: Iterable[Path]) -> list[Path]:
-    """The directories among ``directories`` that other users cannot search (no ``o+x``): QEMU,
-    running as an unprivileged user, cannot reach anything below them."""
-    return [path for path in directories if path.is_dir() and not path.stat().st_mode & 0o001]
+def closed_to_qemu(path: Path, qemu: QemuUser = UNPRIVILEGED) -> list[Path]:
+    """The directories above ``path`` (as written, and with symlinks resolved) that QEMU, running
+    as ``qemu``, cannot search: it cannot reach ``path`` through them."""
+    chain = list(dict.fromkeys([*path.parents, *path.resolve().parents]))
+    return closed_directories(chain, qemu)
 
 
 def check_boot_files(image: ImageSpec) -> None:
     """The image's direct-kernel-boot kernel and initrd, if it has them, exist and are readable
     (ImageError otherwise: the user's choice of image, not a libvirt fault).  libvirt hands them to
-    QEMU itself, relabelled, so they need not be world-readable."""
+    QEMU itself, relabelled, so QEMU's own access does not matter."""
     for boot_file in (image.kernel, image.initrd):
         if boot_file:
-            check_base_image(boot_file, world_readable=False)
+            check_base_image(boot_file, qemu=None)
 
 
-def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = True) -> Path:
+def check_base_image(base_image: str | os.PathLike, *, qemu: QemuUser | None = UNPRIVILEGED) -> Path:
     """The base image as an absolute path, after checking it is a readable regular file.
 
-    A disk image must also be world-readable in a directory every user can search: QEMU opens it as
-    an unprivileged user, and libvirt is told not to relabel the shared image.
-    ``world_readable=False`` for a direct-kernel-boot kernel or initrd, which libvirt hands to QEMU
-    itself (it relabels them).
+    A disk image must also be readable by QEMU, through every directory above it: QEMU opens it
+    itself, as ``qemu`` (libvirt's DAC user; UNPRIVILEGED when not known: the "other" bits), and
+    libvirt is told not to relabel the shared image.  ``qemu=None`` for a direct-kernel-boot kernel
+    or initrd, which libvirt hands to QEMU itself (it relabels them).
     """
     path = Path(base_image)
     if not path.is_absolute():
@@ -62,21 +63,24 @@ def check_base_image(base_image: str | os.PathLike, *, world_readable: bool = Tr
             handle.read(512)
     except OSError as exc:
         raise ImageError(f"catalog image {path} is not readable: {exc.strerror}") from None
-    if world_readable and not path.stat().st_mode & 0o004:
-        # QEMU runs as an unprivileged user, and the domain XML tells libvirt not to relabel
-        # (chown) the shared catalog image, so QEMU reads it through the "other" bits.
+    if qemu is None:
+        return path
+    who = "other users" if qemu is UNPRIVILEGED else f"QEMU's user {qemu.name}"
+    if not permits(path, qemu, READ):
         fix = f"chmod o+r {path}"
-        raise ImageError(f"catalog image {path} must be world-readable ({fix})", fix=fix)
-    if world_readable:
-        # ... and it reaches the file through the "other" search bits of every directory above it.
-        closed = [str(parent) for parent in closed_to_others(path.parents)]
-        if closed:
-            fix = f"chmod o+x {' '.join(closed)}"
-            raise ImageError(
-                f"catalog image {path} is below {', '.join(closed)}, which other users cannot search:"
-                f" QEMU cannot reach it ({fix})",
-                fix=fix,
-            )
+        if qemu is UNPRIVILEGED:
+            message = f"catalog image {path} must be world-readable ({fix})"
+        else:
+            message = f"catalog image {path} ({describe_mode(path)}) is not readable by {who} ({fix})"
+        raise ImageError(message, fix=fix)
+    closed = [str(parent) for parent in closed_to_qemu(path, qemu)]
+    if closed:
+        fix = f"chmod o+x {' '.join(closed)}"
+        raise ImageError(
+            f"catalog image {path} is below {', '.join(closed)}, which {who} cannot search:"
+            f" QEMU cannot reach it ({fix})",
+            fix=fix,
+        )
     return path
 
 
@@ -86,17 +90,18 @@ def create_overlay(
     name: str,
     base_format: str = "qcow2",
     qemu_img: str = QEMU_IMG,
+    qemu: QemuUser = UNPRIVILEGED,
 ) -> Path:
     """Create ``job_dir/<name>.qcow2`` backed by ``base_image`` and return its path.
 
     The base is only read (qemu-img opens it read-only to learn its size).  Raises ImageError when
-    the base is missing, unreadable or not in ``base_format``; HostError when the overlay cannot be
-    written (full or read-only disk).
+    the base is missing, unreadable (by us, or by QEMU running as ``qemu``) or not in
+    ``base_format``; HostError when the overlay cannot be written (full or read-only disk).
     """
     if base_format not in IMAGE_FORMATS:
         allowed = ", ".join(IMAGE_FORMATS)
         raise ImageError(f"image format {base_format!r} is not supported; use one of {allowed}")
-    base = check_base_image(base_image)
+    base = check_base_image(base_image, qemu=qemu)
     target = overlay_path(job_dir, name)
     try:
         Path(job_dir).mkdir(parents=True, exist_ok=True)
@@ -144,7 +149,7 @@ def image_info(path: str | os.PathLike, qemu_img: str = QEMU_IMG) -> dict:
 __all__ = [
     "check_base_image",
     "check_boot_files",
-    "closed_to_others",
+    "closed_to_qemu",
     "create_overlay",
     "image_info",
     "overlay_path",

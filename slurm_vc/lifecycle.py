@@ -200,61 +200,67 @@ def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, 
         state.created("hugepages", str(job.job_id))
     lap("hugepages")
 
-    hook("overlay")
-    check_boot_files(image)  # missing on this node: the user's ImageError, not a libvirt fault
-    overlay = None
-    if image.disk:
-        overlay = str(overlay_path(directory, me.domain_name))
-        state.plan("overlay", overlay, base=image.disk)
-        create_overlay(image.disk, directory, me.domain_name, base_format=image.format)
-        state.created("overlay", overlay)
-    lap("overlay")
-
-    hook("seed")
-    keys = job.ssh_public_keys or (_job_public_key(config, job.job_id),)
-    spec = seed.SeedSpec(
-        hostname=me.hostname,
-        instance_id=f"slurm-vc-{job.job_id}-{me.index}",
-        ip=me.ip,
-        prefixlen=net.prefixlen,
-        mac=me.mac,
-        mtu=net.mtu,
-        hosts=[tuple(line.split("\t", 1)) for line in network.hosts_lines(net)],
-        arp=network.arp_entries(net, job.node),
-        ssh_authorized_keys=keys,
-        login_user=image.login_user,
-    )
-    seed_path = None
-    if image.seed in ("cloud-init", "both"):
-        seed_path = str(directory / SEED_ISO)
-        state.plan("seed", seed_path)
-        seed.write_seed_iso(spec, seed_path)
-        state.created("seed", seed_path)
-    extra_cmdline = seed.kernel_cmdline(spec) if image.kernel and image.seed in ("cmdline", "both") else ""
-    lap("seed")
-
-    hook("domain")
-    console_log = str(directory / CONSOLE_LOG)
-    devices = GuestDevices(
-        name=me.domain_name,
-        overlay_path=overlay,
-        console_log=console_log,
-        mac=me.mac,
-        bridge=config.network.bridge,
-        tap=me.tap,
-        mtu=config.network.mtu,
-        ready_channel_path=str(directory / READY_CHANNEL),
-        agent_channel_path=agent_socket,
-        seed_path=seed_path,
-        extra_cmdline=extra_cmdline,
-    )
-    xml = render_domain_xml(plan, config, image, devices)
-    try:
-        (directory / "domain.xml").write_text(xml)  # for the admin: what was started
-    except OSError as exc:
-        raise HostError(f"cannot write {directory / 'domain.xml'}: {exc.strerror or exc}") from None
-    state.plan("domain", me.domain_name, uri=config.host.libvirt_uri, tap=me.tap, netns=env.netns)
+    # One libvirt connection from here on: it names QEMU's user for the image check, then starts
+    # the guest and watches it come up.
     with _hypervisor(config) as hypervisor:
+        hook("overlay")
+        check_boot_files(image)  # missing on this node: the user's ImageError, not a libvirt fault
+        # QEMU opens the shared base image itself, as libvirt's user: check it can before anything
+        # starts, so an image it cannot reach is the image's fault (exit 5), not a libvirt error.
+        qemu = hypervisor.qemu_user(config.host.domain_type)
+        overlay = None
+        if image.disk:
+            overlay = str(overlay_path(directory, me.domain_name))
+            state.plan("overlay", overlay, base=image.disk)
+            create_overlay(image.disk, directory, me.domain_name, base_format=image.format, qemu=qemu)
+            state.created("overlay", overlay)
+        lap("overlay")
+
+        hook("seed")
+        keys = job.ssh_public_keys or (_job_public_key(config, job.job_id),)
+        spec = seed.SeedSpec(
+            hostname=me.hostname,
+            instance_id=f"slurm-vc-{job.job_id}-{me.index}",
+            ip=me.ip,
+            prefixlen=net.prefixlen,
+            mac=me.mac,
+            mtu=net.mtu,
+            hosts=[tuple(line.split("\t", 1)) for line in network.hosts_lines(net)],
+            arp=network.arp_entries(net, job.node),
+            ssh_authorized_keys=keys,
+            login_user=image.login_user,
+        )
+        seed_path = None
+        if image.seed in ("cloud-init", "both"):
+            seed_path = str(directory / SEED_ISO)
+            state.plan("seed", seed_path)
+            seed.write_seed_iso(spec, seed_path)
+            state.created("seed", seed_path)
+        on_cmdline = image.kernel and image.seed in ("cmdline", "both")
+        extra_cmdline = seed.kernel_cmdline(spec) if on_cmdline else ""
+        lap("seed")
+
+        hook("domain")
+        console_log = str(directory / CONSOLE_LOG)
+        devices = GuestDevices(
+            name=me.domain_name,
+            overlay_path=overlay,
+            console_log=console_log,
+            mac=me.mac,
+            bridge=config.network.bridge,
+            tap=me.tap,
+            mtu=config.network.mtu,
+            ready_channel_path=str(directory / READY_CHANNEL),
+            agent_channel_path=agent_socket,
+            seed_path=seed_path,
+            extra_cmdline=extra_cmdline,
+        )
+        xml = render_domain_xml(plan, config, image, devices)
+        try:
+            (directory / "domain.xml").write_text(xml)  # for the admin: what was started
+        except OSError as exc:
+            raise HostError(f"cannot write {directory / 'domain.xml'}: {exc.strerror or exc}") from None
+        state.plan("domain", me.domain_name, uri=config.host.libvirt_uri, tap=me.tap, netns=env.netns)
         hypervisor.start(xml)
         state.created("domain", me.domain_name)
         lap("domain")

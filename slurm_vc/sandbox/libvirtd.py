@@ -344,9 +344,9 @@ def _copy_new_files(source: Path, target: Path) -> None:
 
 def _check_traversable(path: Path) -> None:
     """Raise HostError unless every directory above ``path`` lets other users (QEMU) pass."""
-    from ..images import closed_to_others
+    from ..qemu_access import UNPRIVILEGED, closed_directories
 
-    closed = closed_to_others([path, *path.parents])
+    closed = closed_directories([path, *path.parents], UNPRIVILEGED)
     if closed:
         parent = closed[0]
         raise HostError(

@@ -29,3 +29,43 @@ def test_an_emulator_libvirt_cannot_use_fails(libvirt_uri):
 def test_an_unknown_cpu_model_fails(libvirt_uri):
     bad = _check(libvirt_uri, cpu_mode="custom", cpu_model="NoSuchCPU-v9")
     assert bad.status == FAIL and "'NoSuchCPU-v9' is unknown to this QEMU" in bad.detail
+
+
+def test_images_and_state_dir_are_judged_as_libvirts_qemu_user(libvirt_uri, tmp_path):
+    """doctor asks libvirt who QEMU runs as, not a guess: a file QEMU's group may read passes, the
+    same file closed to that group fails naming the user; qemu.conf is not read (a bogus path)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from slurm_vc.doctor import check_images, check_state_dir
+    from slurm_vc.hypervisor import Hypervisor
+
+    with Hypervisor(libvirt_uri) as hypervisor:
+        qemu = hypervisor.qemu_user("qemu")
+    group = min(gid for gid in qemu.gids if gid != 0)
+    paths = HostPaths(qemu_conf=str(tmp_path / "no-qemu.conf"))
+    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="vc-doctor-qemu-"))
+    try:
+        os.chmod(base, 0o755)
+        shared = base / "shared"
+        shared.mkdir()
+        image = shared / "base.qcow2"
+        image.write_bytes(b"QFI\xfb")
+        for path, mode in ((image, 0o640), (shared, 0o750)):
+            os.chown(path, 0, group)
+            os.chmod(path, mode)
+        host = {"libvirt_uri": libvirt_uri, "domain_type": "qemu"}
+        config = config_from_mapping(
+            {"host": host, "state_dir": str(shared / "state"), "images": {"g": {"disk": str(image)}}}
+        )
+        [good] = check_images(config, paths)
+        assert good.status == PASS, good.detail
+        assert check_state_dir(config, paths).status == PASS
+        os.chown(image, 0, 0)
+        [bad] = check_images(config, paths)
+        assert bad.status == FAIL and f"not readable by QEMU's user {qemu.name}" in bad.detail
+    finally:
+        import shutil
+
+        shutil.rmtree(base)

@@ -358,3 +358,50 @@ def test_catalog_image_ownership_untouched_while_a_guest_runs(node_config, env, 
     finally:
         teardown(job.job_id, node_config, env)
     assert (during.st_uid, during.st_gid, during.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+
+
+def test_an_image_only_qemus_group_can_read_boots(node_config, env, base_disk):
+    """A site may share images with QEMU's group only (0640 in a 0750 directory, group of libvirt's
+    QEMU user).  The prolog learns QEMU's user from libvirt and lets the guest start, and real QEMU
+    does read the image; a directory QEMU cannot search stays the image's fault, caught first."""
+    import shutil
+
+    from slurm_vc.errors import ImageError
+    from slurm_vc.hypervisor import Hypervisor
+    from slurm_vc.qemu_access import UNPRIVILEGED
+
+    with Hypervisor(node_config.host.libvirt_uri) as hypervisor:
+        qemu = hypervisor.qemu_user(node_config.host.domain_type)
+    assert qemu is not UNPRIVILEGED and qemu.uid != 0  # Debian: libvirt-qemu
+    group = min(gid for gid in qemu.gids if gid != 0)
+    shared = Path(base_disk).parent.parent / "group-only"
+    shared.mkdir()
+    try:
+        image = shared / "base.qcow2"
+        shutil.copyfile(base_disk, image)
+        for path, mode in ((image, 0o640), (shared, 0o750)):
+            os.chown(path, 0, group)
+            os.chmod(path, mode)
+        spec = node_config.images["tinydisk"].model_copy(update={"disk": str(image)})
+        config = node_config.model_copy(update={"images": {**node_config.images, "grouponly": spec}})
+        job = make_job(308, "grouponly,vcpus=1,mem=128M")
+        try:
+            info = start_guest(job, config, env)
+            assert info.name == "vc-308-n0"
+            # the identity the check assumed is the one the real QEMU process has
+            with Hypervisor(config.host.libvirt_uri) as hypervisor:
+                status = Path(f"/proc/{hypervisor.qemu_pid(info.name)}/status").read_text()
+            ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
+            assert int(ids["Uid"][0]) == qemu.uid and int(ids["Gid"][0]) in qemu.gids
+            assert {int(gid) for gid in ids["Groups"]} | {int(ids["Gid"][0])} == qemu.gids
+        finally:
+            teardown(job.job_id, config, env)
+        assert_nothing_left(config, env, job)
+
+        os.chown(shared, 0, 0)  # now only root may search it: QEMU could not open the image
+        with pytest.raises(ImageError, match=f"below {shared}, which QEMU's user") as failure:
+            start_guest(job, config, env)
+        assert failure.value.user_fault and failure.value.fix == f"chmod o+x {shared}"
+        assert_nothing_left(config, env, job)
+    finally:
+        shutil.rmtree(shared)

@@ -19,7 +19,7 @@ def open_dir():
     shutil.rmtree(path)
 
 
-def test_readable_world_readable_image_passes(open_dir):
+def test_a_world_readable_image_passes(open_dir):
     image = open_dir / "base.qcow2"
     image.write_bytes(b"QFI\xfb" + b"\0" * 508)
     image.chmod(0o444)
@@ -39,7 +39,7 @@ def test_an_image_qemu_cannot_reach_names_the_closed_directory(open_dir):
         check_base_image(str(image))
     assert f"below {closed}, which other users cannot search" in str(info.value)
     assert info.value.fix == f"chmod o+x {closed}"
-    assert check_base_image(str(image), world_readable=False) == image  # kernels: libvirt relabels them
+    assert check_base_image(str(image), qemu=None) == image  # kernels: libvirt relabels them
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,48 @@ def test_bad_images_name_the_path_and_the_fix(tmp_path, make, needle):
 def test_relative_path_is_refused():
     with pytest.raises(ImageError, match="must be absolute"):
         check_base_image("images/base.qcow2")
+
+
+def test_an_image_shared_with_qemus_group_passes_only_for_that_group(open_dir):
+    """A site's 0640 root:kvm image in a 0750 root:kvm directory: QEMU, in group kvm, reads it.
+    Before QEMU's user was known this was refused as "must be world-readable"."""
+    import os
+
+    from slurm_vc.qemu_access import UNPRIVILEGED, QemuUser
+
+    group = 65534
+    catalog = open_dir / "catalog"
+    catalog.mkdir()
+    image = catalog / "base.qcow2"
+    image.write_bytes(b"QFI\xfb")
+    for path, mode in ((image, 0o640), (catalog, 0o750)):
+        os.chown(path, 0, group)
+        path.chmod(mode)
+    in_group = QemuUser("libvirt-qemu (uid 64055)", 64055, frozenset({64055, group}))
+    assert check_base_image(str(image), qemu=in_group) == image
+    with pytest.raises(ImageError, match="world-readable"):
+        check_base_image(str(image), qemu=UNPRIVILEGED)
+    outsider = QemuUser("libvirt-qemu (uid 64055)", 64055, frozenset({64055}))
+    with pytest.raises(ImageError) as info:
+        check_base_image(str(image), qemu=outsider)
+    assert "mode 0640, owner 0:65534" in str(info.value) and "QEMU's user libvirt-qemu (uid 64055)" in str(
+        info.value
+    )
+    image.chmod(0o644)
+    with pytest.raises(ImageError, match=f"below {catalog}, which QEMU's user libvirt-qemu"):
+        check_base_image(str(image), qemu=outsider)
+
+
+def test_a_symlinked_directory_is_checked_where_it_leads(open_dir):
+    """QEMU follows the link: the directories above the target must be searchable as well."""
+    hidden = open_dir / "hidden"
+    (hidden / "real").mkdir(parents=True)
+    image = hidden / "real" / "base.qcow2"
+    image.write_bytes(b"QFI\xfb")
+    image.chmod(0o644)
+    hidden.chmod(0o700)
+    link = open_dir / "images"
+    link.symlink_to(hidden / "real")
+    with pytest.raises(ImageError) as info:
+        check_base_image(str(link / "base.qcow2"))
+    assert info.value.fix == f"chmod o+x {hidden}"
