@@ -557,27 +557,42 @@ def _with_includes(text: str, base_dir: str, depth: int = 0) -> str:
     return "\n".join(lines)
 
 
-def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
-    """slurm.conf has Prolog, Epilog, TaskProlog, PrologFlags=Alloc(,DeferBatch) and the plugstack entry."""
+def _slurm_conf(paths: HostPaths) -> tuple[str, Optional[str], bool]:
+    """``(path, text, configless)`` of the slurm.conf slurmd uses: the file, or on a configless node
+    slurmd's copy; text None when neither can be read."""
     conf_path = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
     text = _read(conf_path)
+    if text is not None:
+        return conf_path, text, False
+    # A configless node: slurmd fetched the files from slurmctld and links its copies here.
+    configless = os.path.join(paths.slurm_configless, "slurm.conf")
+    text = _read(configless)
+    return (configless, text, True) if text is not None else (conf_path, None, False)
+
+
+def _slurm_settings_of(paths: HostPaths) -> dict[str, str]:
+    """slurm.conf's settings (lower-case keys, ``Include`` lines followed); empty if unreadable."""
+    conf_path, text, _ = _slurm_conf(paths)
+    return _slurm_settings(_with_includes(text, os.path.dirname(conf_path))) if text is not None else {}
+
+
+def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """slurm.conf has Prolog, Epilog, TaskProlog, PrologFlags=Alloc(,DeferBatch) and the plugstack entry."""
+    conf_path, text, configless = _slurm_conf(paths)
     checks = []
     if text is None:
-        # A configless node: slurmd fetched the files from slurmctld and links its copies here.
-        configless = os.path.join(paths.slurm_configless, "slurm.conf")
-        text = _read(configless)
-        if text is None:
-            return [
-                Check(
-                    "slurm.conf",
-                    FAIL,
-                    f"cannot read {conf_path}, nor a configless copy in {configless}",
-                    "set SLURM_CONF or install Slurm (a configless slurmd must be running)",
-                )
-            ]
-        detail = f"no {conf_path}: read slurmd's configless copy {configless}"
-        checks.append(Check("slurm.conf", PASS, detail))
-        conf_path = configless
+        return [
+            Check(
+                "slurm.conf",
+                FAIL,
+                f"cannot read {conf_path}, nor a configless copy in"
+                f" {os.path.join(paths.slurm_configless, 'slurm.conf')}",
+                "set SLURM_CONF or install Slurm (a configless slurmd must be running)",
+            )
+        ]
+    if configless:
+        wanted = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+        checks.append(Check("slurm.conf", PASS, f"no {wanted}: read slurmd's configless copy {conf_path}"))
     settings = _slurm_settings(_with_includes(text, os.path.dirname(conf_path)))
     for key, needle in (("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "task-prolog")):
         value = settings.get(key.lower(), "")
@@ -637,6 +652,101 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
     return checks
 
 
+# What the prolog and epilog import beyond the standard library, and the Debian package of each.
+HOOK_MODULES = {
+    "libvirt": "python3-libvirt",
+    "lxml.etree": "python3-lxml",
+    "pydantic": "pydantic 2 (pip; Debian 12's python3-pydantic is 1.x)",
+    "psutil": "python3-psutil",
+    "yaml": "python3-yaml",
+    "pycdlib": "python3-pycdlib",
+    "cryptography": "python3-cryptography",
+}
+_IMPORT_PROBE = """
+import importlib, json, sys
+missing = []
+for name in sys.argv[1:]:
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        missing.append("%s (%s)" % (name, type(exc).__name__))
+        continue
+    if name == "pydantic" and not str(getattr(module, "VERSION", "0")).startswith(("2", "3")):
+        missing.append("pydantic (%s installed, 2 needed)" % module.VERSION)
+try:
+    import slurm_vc
+    version = slurm_vc.__version__
+except Exception:
+    version = None
+print(json.dumps({"missing": missing, "slurm_vc": version}))
+"""
+
+
+def _hook_interpreter(script: str) -> Optional[str]:
+    """The interpreter an installed hook script runs (its ``PYTHON="..."`` line); None for a source
+    tree's script (``@PYTHON@``: it uses the project's .venv) or a script that is not ours."""
+    match = re.search(r'^PYTHON="([^"@][^"]*)"', _read(script) or "", re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def check_hook_python(config: SiteConfig, paths: HostPaths) -> list[Check]:
+    """The interpreter slurm.conf's Prolog and Epilog scripts run has slurm_vc (this version) and every
+    package the hooks import: otherwise every --vcluster job fails on this node, each a node fault.
+    ``doctor`` itself may run under another Python (a venv, ``python3 -m``), so it is asked directly."""
+    import json
+    import subprocess
+
+    from . import __version__
+
+    settings = _slurm_settings_of(paths)
+    interpreters: dict[str, list[str]] = {}
+    for key in ("prolog", "epilog"):
+        script = settings.get(key, "").split(",")[0].strip()
+        interpreter = _hook_interpreter(script) if script else None
+        if interpreter:
+            interpreters.setdefault(interpreter, []).append(script)
+    checks = []
+    for interpreter, scripts in interpreters.items():
+        name = f"hook Python {interpreter}"
+        try:
+            result = subprocess.run(
+                [interpreter, "-I", "-c", _IMPORT_PROBE, *HOOK_MODULES],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            probe = json.loads(result.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            detail = f"{', '.join(scripts)} run {interpreter}, which does not run: {exc}"
+            checks.append(
+                Check(name, FAIL, detail, "reinstall slurm-vc with PYTHON= an interpreter of this node")
+            )
+            continue
+        missing = probe["missing"]
+        if missing:
+            packages = sorted({HOOK_MODULES[entry.split()[0]] for entry in missing})
+            checks.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"cannot import {', '.join(missing)}",
+                    f"install for {interpreter}: {'; '.join(packages)}",
+                )
+            )
+        elif probe["slurm_vc"] is None:
+            checks.append(
+                Check(name, FAIL, "slurm_vc is not installed for it", "make install PYTHON=" + interpreter)
+            )
+        elif probe["slurm_vc"] != __version__:
+            detail = f"its slurm_vc is {probe['slurm_vc']}, this doctor is {__version__}"
+            checks.append(Check(name, WARN, detail, f"install the same version for {interpreter}"))
+        else:
+            checks.append(
+                Check(name, PASS, f"slurm_vc {__version__} and {len(HOOK_MODULES)} packages import")
+            )
+    return checks
+
+
 CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_virtualisation,
     check_kvm_access,
@@ -650,6 +760,7 @@ CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_state_dir,
     check_runtime_dir,
     check_slurm,
+    check_hook_python,
 ]
 
 

@@ -387,3 +387,59 @@ def test_slurm_lines_in_included_files(tmp_path, monkeypatch):
     checks = check_slurm(config(), host)
     assert [(c.name, c.status) for c in checks if c.status != PASS] == []
     assert len(checks) == 5
+
+
+def _hook_host(tmp_path: Path, interpreter: str) -> HostPaths:
+    """A slurm.conf whose Prolog and Epilog are installed hook scripts running ``interpreter``."""
+    hooks = tmp_path / "libexec"
+    hooks.mkdir(parents=True)
+    for name in ("slurm-vc-prolog", "slurm-vc-epilog"):
+        text = (Path(__file__).parents[2] / "prolog" / "slurm-vc-prolog").read_text()
+        (hooks / name).write_text(text.replace("@PYTHON@", interpreter))
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"Prolog={hooks}/slurm-vc-prolog\nEpilog={hooks}/slurm-vc-epilog\n")
+    return HostPaths(slurm_conf=str(conf))
+
+
+def test_hook_python_is_asked_directly(tmp_path):
+    """The interpreter written into the installed hooks is run and must import every package."""
+    import sys
+
+    from slurm_vc.doctor import check_hook_python
+
+    [good] = check_hook_python(config(), _hook_host(tmp_path / "venv", sys.executable))
+    assert good.status == PASS and "slurm_vc 0.1.0 and 7 packages import" in good.detail, good.detail
+    # An interpreter with an old pydantic and no libvirt: what Debian 12's packages alone give.
+    fake = tmp_path / "python-without"
+    fake.write_text(
+        '#!/bin/sh\necho \'{"missing": ["libvirt (ModuleNotFoundError)",'
+        ' "pydantic (1.10.4 installed, 2 needed)"], "slurm_vc": "0.1.0"}\'\n'
+    )
+    fake.chmod(0o755)
+    [bad] = check_hook_python(config(), _hook_host(tmp_path / "deb", str(fake)))
+    assert (
+        bad.status == FAIL and "cannot import libvirt (ModuleNotFoundError), pydantic (1.10.4" in bad.detail
+    )
+    assert "python3-libvirt" in bad.fix and "pydantic 2" in bad.fix
+    [gone] = check_hook_python(config(), _hook_host(tmp_path / "gone", "/nonexistent/python3"))
+    assert gone.status == FAIL and "does not run" in gone.detail
+    # A source tree's hooks (@PYTHON@ kept) use the project's venv: nothing to ask.
+    assert check_hook_python(config(), _hook_host(tmp_path / "src", "@PYTHON@")) == []
+
+
+def test_hook_python_probe_reports_a_missing_module_for_real(tmp_path):
+    """The probe itself, run by a real interpreter that lacks a module (isolated, no site-packages)."""
+    import json
+    import subprocess
+    import sys
+
+    from slurm_vc.doctor import _IMPORT_PROBE
+
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _IMPORT_PROBE, "json", "no_such_module_xyz"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    probe = json.loads(result.stdout)
+    assert probe["missing"] == ["no_such_module_xyz (ModuleNotFoundError)"] and probe["slurm_vc"] is None
