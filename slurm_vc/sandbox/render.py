@@ -140,13 +140,17 @@ def render_hook_wrapper(layout: SandboxLayout, path_dirs: Sequence[str], target:
 
 
 def render_launcher(python: str, pythonpath: Sequence[str] = ()) -> str:
-    """``bin/slurm-vc``: run slurm_vc with ``python`` (plus ``pythonpath`` entries when given)."""
+    """``bin/slurm-vc``: run slurm_vc with ``python`` (``pythonpath`` entries first on its path).
+
+    Isolated (``-I``), as the installed ``slurm-vc`` and the hook scripts: a job's PYTHONPATH or
+    PYTHONHOME (module systems set them) and a json.py in its working directory must not reach it.
+    """
     lines = ["#!/bin/sh", "# Written by `slurm-vc sandbox up`: slurm-vc for every user of the sandbox."]
-    if pythonpath:
-        joined = shlex.quote(":".join(pythonpath))
-        lines.append(f'PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
-        lines.append("export PYTHONPATH")
-    lines.append(f'exec {shlex.quote(python)} -m slurm_vc "$@"')
+    code = (
+        f"import runpy, sys; sys.path[:0] = {list(pythonpath)!r}; "
+        'runpy.run_module("slurm_vc", run_name="__main__", alter_sys=True)'
+    )
+    lines.append(f'exec {shlex.quote(python)} -I -c {shlex.quote(code)} "$@"')
     return "\n".join(lines) + "\n"
 
 

@@ -291,20 +291,34 @@ def test_layout_libvirt_socket_matches_the_launcher(tmp_path: Path) -> None:
     assert daemon.uri == layout.libvirt_uri("node2")
 
 
-def test_launcher_runs_slurm_vc_with_the_given_python_and_path(tmp_path: Path) -> None:
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$PYTHONPATH|$*"\n')
-    fake.chmod(0o755)
+def test_launcher_runs_slurm_vc_isolated_with_the_given_python_and_path(tmp_path: Path) -> None:
+    """The sandbox's bin/slurm-vc, run the way a job runs it: a user's PYTHONPATH and PYTHONHOME and
+    a json.py in the working directory do not reach it; the sandbox's own path entries do."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "json.py").write_text("raise SystemExit('user json.py imported!')\n")
+    (job_dir / "slurm_vc").mkdir()
+    (job_dir / "slurm_vc" / "__init__.py").write_text("raise SystemExit('user slurm_vc imported!')\n")
     launcher = tmp_path / "slurm-vc"
-    launcher.write_text(render_launcher(str(fake), ["/repo", "/site"]))
+    launcher.write_text(render_launcher(sys.executable, [str(repo)]))
     launcher.chmod(0o755)
+    env = {"PYTHONPATH": str(job_dir), "PYTHONHOME": "/nonexistent", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(launcher), "--version"], env=env, cwd=job_dir, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("slurm-vc "), out.stderr
     out = subprocess.run(
-        [str(launcher), "hosts", "a b"], env={"PYTHONPATH": "/x"}, capture_output=True, text=True
+        [str(launcher), "hosts", "--help"], env=env, cwd=job_dir, capture_output=True, text=True
     )
-    assert out.stdout.strip() == "/repo:/site:/x|-m slurm_vc hosts a b"
+    assert out.returncode == 0 and "usage: slurm-vc hosts" in out.stdout, out.stderr
+    # arguments reach slurm_vc unchanged, spaces included
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\n[ "$1 $2" = "-I -c" ] && shift 3\nprintf "%s|" "$@"\n')
+    fake.chmod(0o755)
     launcher.write_text(render_launcher(str(fake)))
-    out = subprocess.run([str(launcher), "gc"], env={}, capture_output=True, text=True)
-    assert out.stdout.strip() == "|-m slurm_vc gc"
+    out = subprocess.run([str(launcher), "hosts", "a b"], env={}, capture_output=True, text=True)
+    assert out.stdout == "hosts|a b|", out.stdout
 
 
 def test_process_identity_survives_only_with_the_same_start_time() -> None:
