@@ -123,15 +123,18 @@ class HostSettings(_Strict):
     reserved_memory: int = 1024 * 1024 * 1024
     allow_smt_siblings: bool = False
     emulator: Optional[str] = None
+    # Where libvirt writes each guest's QEMU log (<dir>/<domain>.log): read when a guest stops before
+    # it is ready, to tell a QEMU the host killed (a node fault) from a guest that stopped itself.
+    libvirt_log_dir: str = "/var/log/libvirt/qemu"
 
     @field_validator("reserved_memory", mode="before")
     @classmethod
     def _reserved(cls, value: object) -> int:
         return _size_field(value, "reserved_memory", zero_allowed=True)
 
-    @field_validator("emulator")
+    @field_validator("emulator", "libvirt_log_dir")
     @classmethod
-    def _emulator(cls, value: Optional[str]) -> Optional[str]:
+    def _paths(cls, value: Optional[str]) -> Optional[str]:
         return _absolute_path(value)
 
     @model_validator(mode="after")

@@ -303,6 +303,21 @@ def check_libvirt(config: SiteConfig, paths: HostPaths) -> Check:
     return Check("libvirtd", PASS, detail)
 
 
+def check_libvirt_log_dir(config: SiteConfig, paths: HostPaths) -> Check:
+    """host.libvirt_log_dir is where libvirt writes the guests' QEMU logs: the prolog reads them to
+    tell a QEMU the host killed (a node fault) from a guest that stopped itself (the user's)."""
+    path = Path(config.host.libvirt_log_dir)
+    if path.is_dir() and os.access(path, os.R_OK | os.X_OK):
+        return Check("libvirt QEMU logs", PASS, str(path))
+    return Check(
+        "libvirt QEMU logs",
+        WARN,
+        f"{path} is not a readable directory: a guest whose QEMU this node kills (the OOM killer) before"
+        " it is ready will count as the user's fault, and the node will not drain",
+        "set host.libvirt_log_dir to the directory libvirt writes <domain>.log files to",
+    )
+
+
 def check_bridge(config: SiteConfig, paths: HostPaths) -> Check:
     """The configured bridge exists, is up, and its MTU is at least the configured one.
 
@@ -753,6 +768,7 @@ CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
     check_topology,
     check_hugepages,
     check_libvirt,
+    check_libvirt_log_dir,
     check_bridge,
     check_job_key,
     check_tools,

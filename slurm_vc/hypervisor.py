@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -274,3 +275,74 @@ def tail_file(path: str | Path, lines: int = 20) -> str:
 
 
 __all__ = ["Hypervisor", "domain_name", "parse_domain_name", "tail_file", "DOMAIN_PREFIX"]
+
+
+# libvirt's own processes: a SIGTERM from one of them is libvirt stopping the guest (after the guest
+# reset itself under on_reboot=destroy, or a destroy), not somebody on the host killing QEMU.
+LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
+_STARTING = re.compile(r": starting up ")
+_SHUTTING_DOWN = re.compile(r": shutting down, reason=([\w-]+)")
+_SIGNAL = re.compile(r"terminating on signal (\d+) from pid (\d+) \(([^)]*)\)")
+
+
+@dataclass(frozen=True)
+class QemuExit:
+    """How libvirt recorded the end of a guest's QEMU, from the domain's log."""
+
+    reason: str  # libvirt's shutoff reason: shutdown, crashed, destroyed, failed, ...
+    signal: Optional[int] = None  # a signal QEMU reported ("terminating on signal N from pid P")
+    sender: str = ""  # the process that sent it, as QEMU names it
+
+    @property
+    def host_killed(self) -> bool:
+        """QEMU died without the guest shutting down or resetting: killed outright (SIGKILL, the OOM
+        killer; libvirt then says ``crashed``, as for a QEMU that crashed), or sent a signal by a
+        process other than libvirt.  Not the guest's doing: our domains have no pvpanic device, so
+        a guest's panic is a reset, which libvirt records as ``shutdown``."""
+        if self.reason in ("crashed", "failed"):
+            return True
+        foreign = self.sender and os.path.basename(self.sender) not in LIBVIRT_DAEMONS
+        return self.signal is not None and bool(foreign)
+
+    def describe(self) -> str:
+        """One clause for a message: what libvirt and QEMU wrote."""
+        if self.signal is not None:
+            return f"QEMU was sent signal {self.signal} by {self.sender} (libvirt: reason={self.reason})"
+        return f"QEMU died (libvirt: reason={self.reason}; killed, e.g. by the OOM killer, or crashed)"
+
+
+def parse_qemu_exit(log_text: str) -> Optional[QemuExit]:
+    """The end of the last run in a libvirt domain log (``<log dir>/<domain>.log``), or None when
+    that run has not ended there (yet).  A log holds every run of a domain name: a requeued job's
+    guest has the same name, so only the text after the last ``starting up`` line counts."""
+    starts = list(_STARTING.finditer(log_text))
+    run = log_text[starts[-1].end() :] if starts else log_text
+    ended = _SHUTTING_DOWN.search(run)
+    if not ended:
+        return None
+    signals = _SIGNAL.findall(run[: ended.start()])
+    if signals:
+        number, _pid, sender = signals[-1]
+        return QemuExit(ended.group(1), int(number), sender)
+    return QemuExit(ended.group(1))
+
+
+def read_qemu_exit(domain_log: Optional[str], wait: float = 1.0) -> Optional[QemuExit]:
+    """:func:`parse_qemu_exit` of ``domain_log``, waiting up to ``wait`` seconds for libvirt to
+    write its ``shutting down`` line; None when the log is not there or says nothing."""
+    import time
+
+    if not domain_log:
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(domain_log, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - TAIL_BYTES))
+                found = parse_qemu_exit(handle.read(TAIL_BYTES).decode(errors="replace"))
+        except OSError:
+            return None
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)

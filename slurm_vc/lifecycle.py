@@ -274,6 +274,7 @@ def _start(job: NodeJob, config: SiteConfig, env: Environment, state: JobState, 
             ready_channel=devices.ready_channel_path,
             console_log=console_log,
             address=me.ip,
+            domain_log=str(Path(config.host.libvirt_log_dir) / f"{me.domain_name}.log"),
         )
         lap("ready")
     state.update_meta(ready_at=time.time(), seconds_to_ready=round(seconds, 3), timings=timings)

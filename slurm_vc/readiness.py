@@ -24,7 +24,7 @@ from typing import Optional, Protocol
 
 from .config import Readiness
 from .errors import GuestNotReadyError, HypervisorError
-from .hypervisor import Hypervisor, tail_file
+from .hypervisor import Hypervisor, read_qemu_exit, tail_file
 
 CONSOLE_TAIL_LINES = 20
 POLL_INTERVAL = 0.05  # probes that ask the guest something (agent ping, TCP connect)
@@ -210,10 +210,14 @@ def wait_ready(
     console_log: Optional[str] = None,
     address: Optional[str] = None,
     probe: Optional[Probe] = None,
+    domain_log: Optional[str] = None,
 ) -> float:
     """Wait until guest ``name`` is ready; return the seconds it took.
 
-    Raises GuestNotReadyError (with the console tail) on timeout or when the guest stops meanwhile.
+    Raises GuestNotReadyError (with the console tail) on timeout or when the guest stops meanwhile
+    (it powered off, or reset itself: the image's doing).  When libvirt's ``domain_log`` shows that
+    QEMU was killed instead (the OOM killer, a signal from another process), HypervisorError: a
+    node fault, not the user's.
     """
     probe = probe or make_probe(
         readiness, hypervisor, name, ready_channel=ready_channel, console_log=console_log, address=address
@@ -239,6 +243,7 @@ def wait_ready(
                     libvirt_down = failure
                     _try_reconnect(hypervisor)
                 if not running:
+                    _raise_if_host_killed(name, domain_log)
                     raise GuestNotReadyError(
                         f"guest {name} stopped before it became ready (waited for {probe.description})"
                         + _console_section(hypervisor, name, console_log)
@@ -257,6 +262,15 @@ def wait_ready(
             time.sleep(probe.poll_interval)
     finally:
         probe.close()
+
+
+def _raise_if_host_killed(name: str, domain_log: Optional[str]) -> None:
+    ended = read_qemu_exit(domain_log)
+    if ended is not None and ended.host_killed:
+        raise HypervisorError(
+            f"guest {name} stopped before it became ready, but not by its own doing: {ended.describe()};"
+            f" see {domain_log}"
+        )
 
 
 def _try_reconnect(hypervisor) -> None:

@@ -181,6 +181,11 @@ class SandboxLayout:
         """Must match PrivateLibvirtd(node, libvirt_dir).socket_path."""
         return self.libvirt_dir / node / "run" / "libvirt-sock"
 
+    def libvirt_log_dir(self, node: str) -> Path:
+        """Where the node's private libvirtd writes its guests' QEMU logs (its /var/log/libvirt/qemu:
+        PrivateLibvirtd binds <dir>/log there)."""
+        return self.libvirt_dir / node / "log" / "qemu"
+
     def libvirt_uri(self, node: str) -> str:
         return f"qemu+unix:///system?socket={self.libvirt_socket(node)}"
 

@@ -93,6 +93,12 @@ class PrivateLibvirtd:
         return self.dir / "run" / "libvirt-sock"
 
     @property
+    def qemu_log_dir(self) -> Path:
+        """Where this daemon writes its guests' QEMU logs, as seen from the host (its
+        /var/log/libvirt/qemu inside the private mount namespace)."""
+        return self.dir / "log" / "qemu"
+
+    @property
     def uri(self) -> str:
         """The libvirt URI clients use to reach this daemon."""
         return f"qemu+unix:///system?socket={self.socket_path}"

@@ -169,15 +169,18 @@ def site_config_mapping(layout: SandboxLayout, node: Optional[str], options: Sit
         state_dir = str(layout.base / "login" / "state")
         runtime_dir = str(layout.node_runtime_dir("login"))
         uri = "qemu:///system"  # never used on the login side: only the validator reads this file
+        log_dir = "/var/log/libvirt/qemu"
     else:
         state_dir = str(layout.node_state_dir(node))
         runtime_dir = str(layout.node_runtime_dir(node))  # its own ledgers, though the kernel is shared
         uri = layout.libvirt_uri(node)
+        log_dir = str(layout.libvirt_log_dir(node))
     return {
         "state_dir": state_dir,
         "runtime_dir": runtime_dir,
         "host": {
             "libvirt_uri": uri,
+            "libvirt_log_dir": log_dir,
             "domain_type": "qemu",  # this machine's /dev/kvm cannot boot stock kernels: TCG
             "hugepage_size": options.hugepage_size,
             "lock_memory": False,  # root lacks CAP_SYS_RESOURCE here

@@ -179,6 +179,7 @@ def node_config(node_libvirtd, tiny_guest, base_disk, qemu_tmp_path):
             "job_key_secret": str(secret),
             "host": {
                 "libvirt_uri": node_libvirtd.uri,
+                "libvirt_log_dir": str(node_libvirtd.qemu_log_dir),
                 "domain_type": "qemu",
                 "cpu_mode": "custom",
                 "cpu_model": "qemu64",

@@ -224,17 +224,42 @@ def test_teardown_after_crash_between_steps(node_config, env, crash_step):
     assert teardown(job.job_id, node_config, env) is False
 
 
-def test_qemu_killed_mid_boot_fails_fast_and_cleans_up(node_config, env):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_qemu_killed_mid_boot_is_a_node_fault_and_cleans_up(node_config, env, sig):
+    """QEMU killed on the host before the guest is ready (the OOM killer's SIGKILL, or another
+    process's SIGTERM): not the user's fault, so HypervisorError (the node drains, the job is
+    requeued), told apart by libvirt's domain log; and nothing of the job is left."""
+    from slurm_vc.errors import HypervisorError
+
     job = make_job(301)
 
     def kill_qemu(step):
         if step == "ready":
             with Hypervisor(node_config.host.libvirt_uri) as hv:
-                os.kill(hv.qemu_pid(f"vc-{job.job_id}-n0"), signal.SIGKILL)
+                os.kill(hv.qemu_pid(f"vc-{job.job_id}-n0"), sig)
 
-    with pytest.raises(GuestNotReadyError, match="stopped before it became ready"):
+    expected = "reason=crashed" if sig == signal.SIGKILL else f"signal {int(sig)} by "
+    with pytest.raises(
+        HypervisorError, match="stopped before it became ready, but not by its own doing"
+    ) as failure:
         start_guest(job, node_config, env, crash_hook=kill_qemu)
+    assert expected in str(failure.value) and not failure.value.user_fault
     assert_nothing_left(node_config, env, job)
+
+
+def test_a_guest_that_resets_itself_stays_the_users_fault(node_config, env):
+    """A kernel that panics into a reset (on_reboot=destroy: libvirt stops QEMU itself) is the image's
+    doing: GuestNotReadyError, no drain; the same domain log, read the same way, says so."""
+    tiny = node_config.images["tiny"]
+    panics = tiny.model_copy(
+        update={"cmdline": "console=ttyS0 rdinit=/nonexistent panic=-1", "seed": "cmdline"}
+    )
+    config = node_config.model_copy(update={"images": {**node_config.images, "panics": panics}})
+    job = make_job(309, "panics,vcpus=1,mem=128M")
+    with pytest.raises(GuestNotReadyError, match="stopped before it became ready") as failure:
+        start_guest(job, config, env)
+    assert failure.value.user_fault and "Kernel panic" in str(failure.value)
+    assert_nothing_left(config, env, job)
 
 
 def test_prolog_under_a_hardened_umask_starts_the_guest(node_config, env):

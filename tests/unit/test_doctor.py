@@ -443,3 +443,18 @@ def test_hook_python_probe_reports_a_missing_module_for_real(tmp_path):
     )
     probe = json.loads(result.stdout)
     assert probe["missing"] == ["no_such_module_xyz (ModuleNotFoundError)"] and probe["slurm_vc"] is None
+
+
+def test_libvirt_log_dir(tmp_path):
+    from slurm_vc.doctor import WARN, check_libvirt_log_dir
+
+    assert (
+        check_libvirt_log_dir(
+            config_from_mapping({"host": {"libvirt_log_dir": str(tmp_path)}}), HostPaths()
+        ).status
+        == PASS
+    )
+    missing = check_libvirt_log_dir(
+        config_from_mapping({"host": {"libvirt_log_dir": str(tmp_path / "none")}}), HostPaths()
+    )
+    assert missing.status == WARN and "OOM killer" in missing.detail and "host.libvirt_log_dir" in missing.fix

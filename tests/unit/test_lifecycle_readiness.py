@@ -139,6 +139,91 @@ def test_wait_ready_fails_fast_when_the_guest_stops(tmp_path):
         wait_ready(FakeHypervisor(running=False), "g", Readiness(), 60, console_log=str(tmp_path / "none"))
 
 
+# The ends of real runs, as the sandbox's libvirtd 9.0 and QEMU 7.2 wrote them (integration tests).
+STARTED = (
+    "2026-12-03 21:46:50.101+0000: starting up libvirt version: 9.0.0, qemu version: 7.2.0\nLC_ALL=C ...\n"
+)
+KILLED = STARTED + "2026-12-03 21:46:52.301+0000: shutting down, reason=crashed\n"
+TERMINATED_BY_ADMIN = STARTED + (
+    "2026-12-03T21:46:53.658378Z qemu-system-x86_64:"
+    " terminating on signal 15 from pid 24140 (/usr/bin/kill)\n"
+    "2026-12-03 21:46:53.886+0000: shutting down, reason=shutdown\n"
+)
+GUEST_RESET = STARTED + (
+    "2026-12-03T21:47:02.460467Z qemu-system-x86_64:"
+    " terminating on signal 15 from pid 24153 (/usr/sbin/libvirtd)\n"
+    "2026-12-03 21:47:02.685+0000: shutting down, reason=shutdown\n"
+)
+
+
+@pytest.mark.parametrize(
+    "log,host_killed",
+    [
+        (KILLED, True),
+        (TERMINATED_BY_ADMIN, True),
+        (GUEST_RESET, False),
+        (STARTED + ": shutting down, reason=shutdown\n", False),
+    ],
+)
+def test_qemu_exit_tells_the_host_from_the_guest(log, host_killed):
+    from slurm_vc.hypervisor import parse_qemu_exit
+
+    ended = parse_qemu_exit(log)
+    assert ended is not None and ended.host_killed is host_killed
+
+
+def test_qemu_exit_reads_only_the_last_run():
+    """A requeued job's guest has the same name: an earlier run's kill is not this run's."""
+    from slurm_vc.hypervisor import parse_qemu_exit
+
+    assert parse_qemu_exit(KILLED + GUEST_RESET).host_killed is False
+    assert parse_qemu_exit(KILLED + STARTED) is None  # this run has not ended in the log yet
+    assert parse_qemu_exit(TERMINATED_BY_ADMIN).describe() == (
+        "QEMU was sent signal 15 by /usr/bin/kill (libvirt: reason=shutdown)"
+    )
+    assert parse_qemu_exit("") is None
+
+
+def test_wait_ready_makes_a_host_killed_qemu_a_node_fault(tmp_path):
+    """A guest whose QEMU the host killed is not the user's fault: HypervisorError, which drains."""
+    from slurm_vc.errors import HypervisorError
+
+    log = tmp_path / "vc-1-n.log"
+    log.write_text(KILLED)
+    with pytest.raises(
+        HypervisorError, match=r"not by its own doing: QEMU died \(libvirt: reason=crashed"
+    ) as failure:
+        wait_ready(
+            FakeHypervisor(running=False),
+            "vc-1-n",
+            Readiness(),
+            60,
+            console_log=str(tmp_path / "console"),
+            domain_log=str(log),
+        )
+    assert not failure.value.user_fault and str(log) in str(failure.value)
+    log.write_text(GUEST_RESET)
+    with pytest.raises(GuestNotReadyError, match="stopped before it became ready"):
+        wait_ready(
+            FakeHypervisor(running=False),
+            "vc-1-n",
+            Readiness(),
+            60,
+            console_log=str(tmp_path / "console"),
+            domain_log=str(log),
+        )
+    # no log (another libvirt layout): as before, the guest's
+    with pytest.raises(GuestNotReadyError):
+        wait_ready(
+            FakeHypervisor(running=False),
+            "vc-1-n",
+            Readiness(),
+            60,
+            console_log=str(tmp_path / "console"),
+            domain_log=str(tmp_path / "none"),
+        )
+
+
 def test_wait_ready_survives_a_libvirtd_restart(tmp_path):
     """While libvirtd restarts, is_running fails: the wait reconnects and goes on."""
     from slurm_vc.errors import HypervisorError

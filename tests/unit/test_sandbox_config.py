@@ -289,6 +289,7 @@ def test_layout_libvirt_socket_matches_the_launcher(tmp_path: Path) -> None:
     daemon = PrivateLibvirtd("node2", layout.libvirt_dir, netns=layout.netns("node2"))
     assert daemon.socket_path == layout.libvirt_socket("node2")
     assert daemon.uri == layout.libvirt_uri("node2")
+    assert daemon.qemu_log_dir == layout.libvirt_log_dir("node2")
 
 
 def test_launcher_runs_slurm_vc_isolated_with_the_given_python_and_path(tmp_path: Path) -> None:
