@@ -213,7 +213,8 @@ class PrivateLibvirtd:
         return self.dir / "cache" / "qemu" / "capabilities"
 
     def _warm_up(self) -> None:
-        """Have libvirtd probe QEMU now and share its capabilities cache with later daemons.
+        """Have libvirtd probe QEMU and the host now, and share QEMU's capabilities cache with later
+        daemons.
 
         libvirt re-validates a cache entry (QEMU and libvirtd binaries, kernel, CPU microcode) and
         re-probes when it is stale, so a shared entry can never be wrong, only useless.
@@ -225,6 +226,9 @@ class PrivateLibvirtd:
             conn = libvirt.open(self.uri)
             try:
                 conn.getDomainCapabilities(None, None, None, "qemu", 0)
+                # The host capabilities (where the prolog reads QEMU's user) are built at their first
+                # request, ~0.9 s here: a long-running node daemon has them long before a job.
+                conn.getCapabilities()
             finally:
                 conn.close()
         except Exception as exc:  # an optimisation only: the first guest start probes instead
