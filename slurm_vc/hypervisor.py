@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -274,9 +275,6 @@ def tail_file(path: str | Path, lines: int = 20) -> str:
     return clip_lines("\n".join(kept), TAIL_LINE_WIDTH) + ("\n" if kept and ended else "")
 
 
-__all__ = ["Hypervisor", "domain_name", "parse_domain_name", "tail_file", "DOMAIN_PREFIX"]
-
-
 # libvirt's own processes: a SIGTERM from one of them is libvirt stopping the guest (after the guest
 # reset itself under on_reboot=destroy, or a destroy), not somebody on the host killing QEMU.
 LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
@@ -330,8 +328,6 @@ def parse_qemu_exit(log_text: str) -> Optional[QemuExit]:
 def read_qemu_exit(domain_log: Optional[str], wait: float = 1.0) -> Optional[QemuExit]:
     """:func:`parse_qemu_exit` of ``domain_log``, waiting up to ``wait`` seconds for libvirt to
     write its ``shutting down`` line; None when the log is not there or says nothing."""
-    import time
-
     if not domain_log:
         return None
     deadline = time.monotonic() + wait
@@ -346,3 +342,15 @@ def read_qemu_exit(domain_log: Optional[str], wait: float = 1.0) -> Optional[Qem
         if found is not None or time.monotonic() >= deadline:
             return found
         time.sleep(0.1)
+
+
+__all__ = [
+    "DOMAIN_PREFIX",
+    "Hypervisor",
+    "QemuExit",
+    "domain_name",
+    "parse_domain_name",
+    "parse_qemu_exit",
+    "read_qemu_exit",
+    "tail_file",
+]
