@@ -5,7 +5,8 @@ What the Slurm integration promises, end to end: guests up on every node before 
 exit codes), and a clean teardown on every node (no domain, overlay, hugepage ledger, tap, key or
 state file) after a normal end, a non-zero exit, scancel during the prolog, scancel while running
 and a time limit; bad --vcluster values rejected at submit with nothing queued and no node drained;
-a request that fails in the prolog fails the job with its reason and drains nothing.
+a request that fails in the prolog fails the job with its reason and drains nothing; a node fault
+(libvirtd unreachable) drains that node alone and requeues the job held, which then runs once released.
 """
 
 from __future__ import annotations
@@ -227,6 +228,58 @@ def test_prolog_user_fault_fails_the_job_without_draining(sandbox):
     out = sandbox.job_output(job)
     assert "vcpus=64" in out and "SHOULD-NOT-RUN" not in out
     assert sandbox.job_info(job)["Comment"].startswith("slurm-vc[0]:")
+    assert_clean(sandbox, job)
+
+
+def node_reason(sandbox, node: str) -> str:
+    shown = sandbox.exec(["scontrol", "show", "node", "-o", node], user="root").stdout
+    match = re.search(r"\bReason=(.*?)(?: \[\w+@[^\]]*\])?(?= \w+=|$)", shown.strip())
+    return match.group(1) if match else ""
+
+
+def test_node_fault_drains_that_node_and_requeues_the_job_held(sandbox):
+    """libvirtd unreachable on one node (its site config names a socket that is not there): a node
+    fault.  That node alone drains, with the prolog's reason; the job is requeued and held, not
+    failed, and nothing of it is left on any node.  Once the node is repaired and resumed and the job
+    released, the same job runs to the end: the first run's Comment does not fail the second."""
+    broken = sandbox.nodes[-1]
+    conf = Path(sandbox.node_config(broken))
+    original = conf.read_text()
+    socket = str(sandbox.layout.libvirt_socket(broken))
+    assert socket in original
+    conf.write_text(original.replace(socket, socket + ".gone"))
+    try:
+        script = write_script(sandbox, "vc-requeue.sh", 'echo "RAN restart=$SLURM_RESTART_COUNT $VC_HOSTS"\n')
+        job = sandbox.sbatch("-N3", f"--mem={MEM}", "-t", "10", f"--vcluster={IMAGE}", script)
+
+        def requeued_held() -> bool:
+            info = sandbox.job_info(job)
+            return info.get("JobState") == "PENDING" and info.get("Restarts") == "1"
+
+        wait_for(requeued_held, JOB_TIMEOUT, f"job {job} to be requeued")
+        info = sandbox.job_info(job)
+        assert "held" in info.get("Reason", "").lower() or info.get("Priority") == "0", info
+        assert set(drained(sandbox)) == {broken}, drained(sandbox)
+        reason = node_reason(sandbox, broken)
+        assert reason.startswith(f"slurm-vc job {job}: cannot connect to libvirt"), reason
+        comment = sandbox.exec(["squeue", "-h", "-j", str(job), "-o", "%k"], user="root").stdout.strip()
+        assert comment.startswith(f"slurm-vc[0]: node {broken}: cannot connect to libvirt"), comment
+        # the epilogs of the failed run took down the guests the other nodes had started
+        deadline = time.monotonic() + 120
+        while leftovers(sandbox, job) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert leftovers(sandbox, job) == {}
+        assert "RAN" not in output(sandbox, job)
+    finally:
+        conf.write_text(original)
+    sandbox.resume_nodes()
+    assert sandbox.exec(["scontrol", "release", str(job)], user="root").returncode == 0
+    # Slurm makes a requeued job wait ~2 minutes (its BeginTime); an admin may start it at once.
+    assert sandbox.exec(["scontrol", "update", f"JobId={job}", "StartTime=now"], user="root").returncode == 0
+    assert sandbox.wait_job(job, timeout=JOB_TIMEOUT) == "COMPLETED", output(sandbox, job)
+    assert re.search(r"^RAN restart=1 vc\S+,vc\S+,vc\S+$", output(sandbox, job), flags=re.MULTILINE), output(
+        sandbox, job
+    )
     assert_clean(sandbox, job)
 
 
