@@ -380,9 +380,22 @@ def load_current(environ: Optional[Mapping[str, str]] = None, config_path: Optio
     """The current job's view (for the launcher commands)."""
     env = os.environ if environ is None else environ
     state_dir = None
-    if not env.get(JOB_DIR_ENV) and (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
+    job_id = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+    if not env.get(JOB_DIR_ENV) and job_id:
         state_dir = state_dir_from_file(config_path or env.get(CONFIG_ENV) or None)
-    return load(find_job_dir(env, state_dir))
+    directory = find_job_dir(env, state_dir)
+    if (
+        not env.get(JOB_DIR_ENV)
+        and not env.get("SLURMD_NODENAME")
+        and not (Path(directory) / GUESTS_FILE).exists()
+    ):
+        # A job's environment off its nodes: an salloc shell runs on the submit host, where nothing
+        # is published (slurmd sets SLURMD_NODENAME in every step and batch script on a node).
+        raise StateError(
+            f"job {job_id}'s guest list is published on its nodes, not on this host (an salloc shell runs"
+            " here): use srun, whose tasks run in the guests, or `srun -N1 --vcluster-host slurm-vc hosts`"
+        )
+    return load(directory)
 
 
 def guest_entries(guests: Sequence) -> list[GuestEntry]:

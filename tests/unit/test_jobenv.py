@@ -390,3 +390,19 @@ def test_publish_into_an_unwritable_state_dir_is_a_state_error(tmp_path):
     view = jobenv.JobView(job_id=5, node="n1", user="u", image="tiny", login_user="root", guests=[])
     with pytest.raises(StateError, match="cannot publish job 5's files: .*state"):
         jobenv.publish(str(blocker), view, os.getuid(), os.getgid())
+
+
+def test_load_current_in_an_salloc_shell_says_where_the_guests_are(tmp_path):
+    """An salloc shell has the job's SLURM_JOB_ID but runs on the submit host: nothing is published
+    there.  The message says so and what to run instead, not just "no virtual cluster"."""
+    toml = tmp_path / "vc.toml"
+    toml.write_text(f'state_dir = "{tmp_path}"\n')
+    env = {"SLURM_JOB_ID": "42", "SLURM_VC_CONFIG": str(toml)}
+    with pytest.raises(StateError, match=r"job 42's guest list is published on its nodes.*--vcluster-host"):
+        jobenv.load_current(env)
+    # on one of the job's nodes (slurmd sets SLURMD_NODENAME) the generic message stays
+    with pytest.raises(StateError, match="no virtual cluster on this node"):
+        jobenv.load_current({**env, "SLURMD_NODENAME": "n1"})
+    # and where the list is published, it is read
+    jobenv.publish(tmp_path, make_view(), *ME)
+    assert jobenv.load_current(env).job_id == 42
