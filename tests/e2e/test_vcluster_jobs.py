@@ -181,6 +181,27 @@ def test_null_guest_job(sandbox):
     assert_clean(sandbox, job)
 
 
+def test_allocations_made_by_srun_and_salloc(sandbox):
+    """Not only sbatch: ``srun --vcluster`` making its own allocation runs its tasks in the guests,
+    and so do the srun steps of an ``salloc --vcluster`` shell, whose own ``slurm-vc hosts`` (on the
+    submit host) says where the guest list is instead.  Both tear down like batch jobs."""
+    args = ["-N3", f"--mem={MEM}", "-t", "5", f"--vcluster={IMAGE}"]
+    done = sandbox.exec(["srun", *args, "sh", "-c", 'echo "$(hostname) $SLURM_JOB_ID"'], timeout=JOB_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    lines = sorted(done.stdout.split("\n")[:-1])
+    job = int(lines[0].split()[1])
+    assert [line.split()[0] for line in lines] == [f"vc{job}-{index}" for index in range(3)], done.stdout
+    assert_clean(sandbox, job)
+
+    shell = 'echo "JOB=$SLURM_JOB_ID"; slurm-vc hosts; echo "HOSTS_RC=$?"; srun -N3 hostname | sort'
+    done = sandbox.exec(["salloc", *args, "sh", "-c", shell], timeout=JOB_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    job = int(re.search(r"^JOB=(\d+)$", done.stdout, flags=re.MULTILINE).group(1))
+    assert "guest list is published on its nodes" in done.stderr and "HOSTS_RC=10" in done.stdout
+    assert done.stdout.split("\n")[-4:-1] == [f"vc{job}-{index}" for index in range(3)], done.stdout
+    assert_clean(sandbox, job)
+
+
 def test_nonzero_exit_tears_down(sandbox):
     script = write_script(sandbox, "vc-fail.sh", "slurm-vc run -- true || exit 99\nexit 3\n")
     job = sandbox.sbatch("-N3", f"--mem={MEM}", "-t", "10", f"--vcluster={IMAGE}", script)
