@@ -450,18 +450,17 @@ def check_state_dir(config: SiteConfig, paths: HostPaths) -> Check:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    from .qemu_access import UNPRIVILEGED, closed_directories
+    from .qemu_access import closed_above, closed_directories
 
     qemu = _qemu_identity(config, paths)
     below = [path / "jobs"] if path.is_dir() else []  # the job directories' parent, if made already
-    chain = list(dict.fromkeys([*below, existing, *existing.parents, *existing.resolve().parents]))
-    blocked = [str(p) for p in closed_directories(chain, qemu)]
+    closed = closed_directories([*below, existing], qemu) + closed_above(existing, qemu)
+    blocked = [str(p) for p in closed]
     if blocked:
-        who = "other users" if qemu is UNPRIVILEGED else f"QEMU's user {qemu.name}"
         return Check(
             name,
             FAIL,
-            f"{', '.join(blocked)} not searchable by {who}: QEMU cannot reach guest files",
+            f"{', '.join(blocked)} not searchable by {qemu.who}: QEMU cannot reach guest files",
             f"chmod o+x {' '.join(blocked)}, or move state_dir",
         )
     if not os.access(existing, os.W_OK):
@@ -572,23 +571,38 @@ def _with_includes(text: str, base_dir: str, depth: int = 0) -> str:
     return "\n".join(lines)
 
 
+def _configured_slurm_conf(paths: HostPaths) -> str:
+    """The slurm.conf path this node is configured with: ``paths``, $SLURM_CONF, or the default."""
+    return paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+
+
+def _configless_slurm_conf(paths: HostPaths) -> str:
+    """slurmd's copy of slurm.conf on a configless node (fetched from slurmctld)."""
+    return os.path.join(paths.slurm_configless, "slurm.conf")
+
+
 def _slurm_conf(paths: HostPaths) -> tuple[str, Optional[str], bool]:
     """``(path, text, configless)`` of the slurm.conf slurmd uses: the file, or on a configless node
     slurmd's copy; text None when neither can be read."""
-    conf_path = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+    conf_path = _configured_slurm_conf(paths)
     text = _read(conf_path)
     if text is not None:
         return conf_path, text, False
-    # A configless node: slurmd fetched the files from slurmctld and links its copies here.
-    configless = os.path.join(paths.slurm_configless, "slurm.conf")
+    configless = _configless_slurm_conf(paths)
     text = _read(configless)
     return (configless, text, True) if text is not None else (conf_path, None, False)
 
 
+def _slurm_settings_in(conf_path: str, text: str) -> dict[str, str]:
+    """The settings of slurm.conf ``text`` read from ``conf_path`` (lower-case keys), with its
+    ``Include`` lines followed relative to its directory."""
+    return _slurm_settings(_with_includes(text, os.path.dirname(conf_path)))
+
+
 def _slurm_settings_of(paths: HostPaths) -> dict[str, str]:
-    """slurm.conf's settings (lower-case keys, ``Include`` lines followed); empty if unreadable."""
+    """The settings of the slurm.conf slurmd uses (:func:`_slurm_conf`); empty if unreadable."""
     conf_path, text, _ = _slurm_conf(paths)
-    return _slurm_settings(_with_includes(text, os.path.dirname(conf_path))) if text is not None else {}
+    return _slurm_settings_in(conf_path, text) if text is not None else {}
 
 
 def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
@@ -600,15 +614,14 @@ def check_slurm(config: SiteConfig, paths: HostPaths) -> list[Check]:
             Check(
                 "slurm.conf",
                 FAIL,
-                f"cannot read {conf_path}, nor a configless copy in"
-                f" {os.path.join(paths.slurm_configless, 'slurm.conf')}",
+                f"cannot read {conf_path}, nor a configless copy in {_configless_slurm_conf(paths)}",
                 "set SLURM_CONF or install Slurm (a configless slurmd must be running)",
             )
         ]
     if configless:
-        wanted = paths.slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+        wanted = _configured_slurm_conf(paths)
         checks.append(Check("slurm.conf", PASS, f"no {wanted}: read slurmd's configless copy {conf_path}"))
-    settings = _slurm_settings(_with_includes(text, os.path.dirname(conf_path)))
+    settings = _slurm_settings_in(conf_path, text)
     for key, needle in (("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "task-prolog")):
         value = settings.get(key.lower(), "")
         if "slurm-vc" in value or needle in value:

@@ -250,6 +250,15 @@ TAIL_BYTES = 64 * 1024  # a console log may be megabytes; its last lines are in 
 TAIL_LINE_WIDTH = 300
 
 
+def _read_tail(path: str | Path) -> tuple[bytes, bool]:
+    """The last TAIL_BYTES of a file, and whether that cut anything off its start (OSError if it
+    cannot be read)."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - TAIL_BYTES))
+        return handle.read(TAIL_BYTES), size > TAIL_BYTES
+
+
 def tail_file(path: str | Path, lines: int = 20) -> str:
     """The last ``lines`` lines of a log for a message ('' when missing or unreadable).
 
@@ -258,15 +267,12 @@ def tail_file(path: str | Path, lines: int = 20) -> str:
     console is its owner's text.
     """
     try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_BYTES))
-            data = handle.read(TAIL_BYTES)
+        data, cut = _read_tail(path)
     except OSError:
         return ""
     text = printable(data.decode(errors="replace"))
     kept = text.split("\n")
-    if size > TAIL_BYTES and len(kept) > 1:
+    if cut and len(kept) > 1:
         kept = kept[1:]  # the first line was cut by the window
     ended = text.endswith("\n")
     if ended:
@@ -333,10 +339,7 @@ def read_qemu_exit(domain_log: Optional[str], wait: float = 1.0) -> Optional[Qem
     deadline = time.monotonic() + wait
     while True:
         try:
-            with open(domain_log, "rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - TAIL_BYTES))
-                found = parse_qemu_exit(handle.read(TAIL_BYTES).decode(errors="replace"))
+            found = parse_qemu_exit(_read_tail(domain_log)[0].decode(errors="replace"))
         except OSError:
             return None
         if found is not None or time.monotonic() >= deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import HostError, ImageError
-from .qemu_access import READ, UNPRIVILEGED, QemuUser, closed_directories, describe_mode, permits
+from .qemu_access import READ, UNPRIVILEGED, QemuUser, closed_above, describe_mode, permits
 
 if TYPE_CHECKING:  # an annotation only: importing images.py does not pull in pydantic
     from .config import ImageSpec
@@ -25,13 +25,6 @@ IMAGE_FORMATS = ("qcow2", "raw")
 def overlay_path(job_dir: str | os.PathLike, name: str) -> Path:
     """Where the overlay for guest ``name`` lives in ``job_dir``."""
     return Path(job_dir) / f"{name}.qcow2"
-
-
-def closed_to_qemu(path: Path, qemu: QemuUser = UNPRIVILEGED) -> list[Path]:
-    """The directories above ``path`` (as written, and with symlinks resolved) that QEMU, running
-    as ``qemu``, cannot search: it cannot reach ``path`` through them."""
-    chain = list(dict.fromkeys([*path.parents, *path.resolve().parents]))
-    return closed_directories(chain, qemu)
 
 
 def check_boot_files(image: ImageSpec) -> None:
@@ -65,19 +58,18 @@ def check_base_image(base_image: str | os.PathLike, *, qemu: QemuUser | None = U
         raise ImageError(f"catalog image {path} is not readable: {exc.strerror}") from None
     if qemu is None:
         return path
-    who = "other users" if qemu is UNPRIVILEGED else f"QEMU's user {qemu.name}"
     if not permits(path, qemu, READ):
         fix = f"chmod o+r {path}"
         if qemu is UNPRIVILEGED:
             message = f"catalog image {path} must be world-readable ({fix})"
         else:
-            message = f"catalog image {path} ({describe_mode(path)}) is not readable by {who} ({fix})"
+            message = f"catalog image {path} ({describe_mode(path)}) is not readable by {qemu.who} ({fix})"
         raise ImageError(message, fix=fix)
-    closed = [str(parent) for parent in closed_to_qemu(path, qemu)]
+    closed = [str(parent) for parent in closed_above(path, qemu)]
     if closed:
         fix = f"chmod o+x {' '.join(closed)}"
         raise ImageError(
-            f"catalog image {path} is below {', '.join(closed)}, which {who} cannot search:"
+            f"catalog image {path} is below {', '.join(closed)}, which {qemu.who} cannot search:"
             f" QEMU cannot reach it ({fix})",
             fix=fix,
         )
@@ -149,7 +141,6 @@ def image_info(path: str | os.PathLike, qemu_img: str = QEMU_IMG) -> dict:
 __all__ = [
     "check_base_image",
     "check_boot_files",
-    "closed_to_qemu",
     "create_overlay",
     "image_info",
     "overlay_path",

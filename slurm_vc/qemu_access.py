@@ -38,6 +38,11 @@ class QemuUser:
     uid: int
     gids: frozenset[int]
 
+    @property
+    def who(self) -> str:
+        """How messages name this identity: "other users" when QEMU's user is not known."""
+        return "other users" if self.uid == UNPRIVILEGED.uid else f"QEMU's user {self.name}"
+
 
 UNPRIVILEGED = QemuUser("an unprivileged user", -1, frozenset())
 
@@ -145,6 +150,13 @@ def closed_directories(directories: list[Path], user: QemuUser) -> list[Path]:
     return [path for path in directories if path.is_dir() and not permits(path, user, SEARCH)]
 
 
+def closed_above(path: Path, qemu: QemuUser) -> list[Path]:
+    """The directories above ``path`` (as written, and with symlinks resolved) that ``qemu`` cannot
+    search: QEMU cannot reach ``path`` through them."""
+    chain = list(dict.fromkeys([*path.parents, *path.resolve().parents]))
+    return closed_directories(chain, qemu)
+
+
 def describe_mode(path: Path) -> str:
     """``mode 0640, owner 0:0`` of ``path``, for messages."""
     info = path.stat()
@@ -159,6 +171,7 @@ __all__ = [
     "QemuUser",
     "acl_allows",
     "allows",
+    "closed_above",
     "closed_directories",
     "dac_label",
     "describe_mode",

@@ -1,4 +1,4 @@
-"""Shared test helpers: a small site config written to a tmp file."""
+"""Shared test helpers: a small site config written to a tmp file, and files shared with a group."""
 
 from __future__ import annotations
 
@@ -46,3 +46,17 @@ def site_config(config_file: Path):
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture
+def share_with_group():
+    """``share(image, group)``: give ``image`` and its directory to root:``group``, readable (0640)
+    and searchable (0750) by that group alone, as a site may share catalog images with QEMU's group
+    instead of with everybody.  Needs root."""
+
+    def share(image: Path, group: int) -> None:
+        for path, mode in ((image, 0o640), (image.parent, 0o750)):
+            os.chown(path, 0, group)
+            os.chmod(path, mode)
+
+    return share

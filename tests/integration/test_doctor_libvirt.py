@@ -31,7 +31,7 @@ def test_an_unknown_cpu_model_fails(libvirt_uri):
     assert bad.status == FAIL and "'NoSuchCPU-v9' is unknown to this QEMU" in bad.detail
 
 
-def test_images_and_state_dir_are_judged_as_libvirts_qemu_user(libvirt_uri, tmp_path):
+def test_images_and_state_dir_are_judged_as_libvirts_qemu_user(libvirt_uri, tmp_path, share_with_group):
     """doctor asks libvirt who QEMU runs as, not a guess: a file QEMU's group may read passes, the
     same file closed to that group fails naming the user; qemu.conf is not read (a bogus path)."""
     import os
@@ -52,9 +52,7 @@ def test_images_and_state_dir_are_judged_as_libvirts_qemu_user(libvirt_uri, tmp_
         shared.mkdir()
         image = shared / "base.qcow2"
         image.write_bytes(b"QFI\xfb")
-        for path, mode in ((image, 0o640), (shared, 0o750)):
-            os.chown(path, 0, group)
-            os.chmod(path, mode)
+        share_with_group(image, group)
         host = {"libvirt_uri": libvirt_uri, "domain_type": "qemu"}
         config = config_from_mapping(
             {"host": host, "state_dir": str(shared / "state"), "images": {"g": {"disk": str(image)}}}

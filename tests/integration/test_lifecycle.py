@@ -385,7 +385,7 @@ def test_catalog_image_ownership_untouched_while_a_guest_runs(node_config, env, 
     assert (during.st_uid, during.st_gid, during.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
 
 
-def test_an_image_only_qemus_group_can_read_boots(node_config, env, base_disk):
+def test_an_image_only_qemus_group_can_read_boots(node_config, env, base_disk, share_with_group):
     """A site may share images with QEMU's group only (0640 in a 0750 directory, group of libvirt's
     QEMU user).  The prolog learns QEMU's user from libvirt and lets the guest start, and real QEMU
     does read the image; a directory QEMU cannot search stays the image's fault, caught first."""
@@ -404,9 +404,7 @@ def test_an_image_only_qemus_group_can_read_boots(node_config, env, base_disk):
     try:
         image = shared / "base.qcow2"
         shutil.copyfile(base_disk, image)
-        for path, mode in ((image, 0o640), (shared, 0o750)):
-            os.chown(path, 0, group)
-            os.chmod(path, mode)
+        share_with_group(image, group)
         spec = node_config.images["tinydisk"].model_copy(update={"disk": str(image)})
         config = node_config.model_copy(update={"images": {**node_config.images, "grouponly": spec}})
         job = make_job(308, "grouponly,vcpus=1,mem=128M")

@@ -63,10 +63,9 @@ def test_relative_path_is_refused():
         check_base_image("images/base.qcow2")
 
 
-def test_an_image_shared_with_qemus_group_passes_only_for_that_group(open_dir):
+def test_an_image_shared_with_qemus_group_passes_only_for_that_group(open_dir, share_with_group):
     """A site's 0640 root:kvm image in a 0750 root:kvm directory: QEMU, in group kvm, reads it.
     Before QEMU's user was known this was refused as "must be world-readable"."""
-    import os
 
     from slurm_vc.qemu_access import UNPRIVILEGED, QemuUser
 
@@ -75,9 +74,7 @@ def test_an_image_shared_with_qemus_group_passes_only_for_that_group(open_dir):
     catalog.mkdir()
     image = catalog / "base.qcow2"
     image.write_bytes(b"QFI\xfb")
-    for path, mode in ((image, 0o640), (catalog, 0o750)):
-        os.chown(path, 0, group)
-        path.chmod(mode)
+    share_with_group(image, group)
     in_group = QemuUser("libvirt-qemu (uid 64055)", 64055, frozenset({64055, group}))
     assert check_base_image(str(image), qemu=in_group) == image
     with pytest.raises(ImageError, match="world-readable"):

@@ -188,40 +188,29 @@ def test_wait_ready_makes_a_host_killed_qemu_a_node_fault(tmp_path):
     """A guest whose QEMU the host killed is not the user's fault: HypervisorError, which drains."""
     from slurm_vc.errors import HypervisorError
 
+    def wait_for_stopped_guest(domain_log):
+        wait_ready(
+            FakeHypervisor(running=False),
+            "vc-1-n",
+            Readiness(),
+            60,
+            console_log=str(tmp_path / "console"),
+            domain_log=str(domain_log),
+        )
+
     log = tmp_path / "vc-1-n.log"
     log.write_text(KILLED)
     with pytest.raises(
         HypervisorError, match=r"not by its own doing: QEMU died \(libvirt: reason=crashed"
     ) as failure:
-        wait_ready(
-            FakeHypervisor(running=False),
-            "vc-1-n",
-            Readiness(),
-            60,
-            console_log=str(tmp_path / "console"),
-            domain_log=str(log),
-        )
+        wait_for_stopped_guest(log)
     assert not failure.value.user_fault and str(log) in str(failure.value)
     log.write_text(GUEST_RESET)
     with pytest.raises(GuestNotReadyError, match="stopped before it became ready"):
-        wait_ready(
-            FakeHypervisor(running=False),
-            "vc-1-n",
-            Readiness(),
-            60,
-            console_log=str(tmp_path / "console"),
-            domain_log=str(log),
-        )
+        wait_for_stopped_guest(log)
     # no log (another libvirt layout): as before, the guest's
     with pytest.raises(GuestNotReadyError):
-        wait_ready(
-            FakeHypervisor(running=False),
-            "vc-1-n",
-            Readiness(),
-            60,
-            console_log=str(tmp_path / "console"),
-            domain_log=str(tmp_path / "none"),
-        )
+        wait_for_stopped_guest(tmp_path / "none")
 
 
 def test_wait_ready_survives_a_libvirtd_restart(tmp_path):
