@@ -7,6 +7,7 @@ injectable so tests can point them at recorded trees.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -83,25 +84,34 @@ def _qemu_user(paths: HostPaths) -> str:
     return found[-1] if found else "libvirt-qemu"
 
 
-def _qemu_identity(config: SiteConfig, paths: HostPaths) -> QemuUser:
-    """Who QEMU runs as, as the prolog learns it (libvirt's DAC base label for the domain type);
-    qemu.conf's ``user`` when libvirtd cannot be asked; else any unprivileged user ("other" bits)."""
-    from .qemu_access import UNPRIVILEGED, dac_label, qemu_user, user_named
+@functools.lru_cache(maxsize=8)
+def _libvirt_qemu_user(uri: str, domain_type: str) -> Optional[QemuUser]:
+    """Who libvirt at ``uri`` runs QEMU as for ``domain_type`` (its DAC base label, as the prolog
+    asks it), None when libvirt cannot be asked or reports none.  Cached: several checks ask, and
+    each answer costs a connection; :func:`run_checks` clears the cache so each run asks once."""
+    from .qemu_access import dac_label, qemu_user
 
     try:
         import libvirt
 
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        conn = libvirt.open(config.host.libvirt_uri)
+        conn = libvirt.open(uri)
         try:
-            label = dac_label(conn.getCapabilities(), config.host.domain_type)
+            label = dac_label(conn.getCapabilities(), domain_type)
         finally:
             conn.close()
-        if label:
-            return qemu_user(*label)
-    except Exception:  # no bindings, no daemon: fall back to the configuration file
-        pass
-    return user_named(_qemu_user(paths)) or UNPRIVILEGED
+    except Exception:  # no bindings, no daemon: the caller falls back to the configuration file
+        return None
+    return qemu_user(*label) if label else None
+
+
+def _qemu_identity(config: SiteConfig, paths: HostPaths) -> QemuUser:
+    """Who QEMU runs as: libvirt's answer; qemu.conf's ``user`` when libvirtd cannot be asked; else
+    any unprivileged user ("other" bits)."""
+    from .qemu_access import UNPRIVILEGED, user_named
+
+    asked = _libvirt_qemu_user(config.host.libvirt_uri, config.host.domain_type)
+    return asked or user_named(_qemu_user(paths)) or UNPRIVILEGED
 
 
 def check_kvm_access(config: SiteConfig, paths: HostPaths) -> list[Check]:
@@ -120,10 +130,13 @@ def check_kvm_access(config: SiteConfig, paths: HostPaths) -> list[Check]:
     if not os.path.exists(paths.dev_kvm):
         return []  # check_virtualisation reports it
     name = "/dev/kvm access"
-    user = _qemu_user(paths)
-    qemu = user_named(user)
-    if qemu is None:
-        return [Check(name, WARN, f"libvirt's QEMU user {user!r} (qemu.conf) does not exist", "")]
+    qemu = _libvirt_qemu_user(config.host.libvirt_uri, config.host.domain_type)
+    if qemu is None:  # libvirtd not reachable: what qemu.conf says it will use
+        configured = _qemu_user(paths)
+        qemu = user_named(configured)
+        if qemu is None:
+            return [Check(name, WARN, f"libvirt's QEMU user {configured!r} (qemu.conf) does not exist", "")]
+    user = qemu.name
     info = os.stat(paths.dev_kvm)
     try:
         owner_group = grp.getgrgid(info.st_gid).gr_name
@@ -795,6 +808,7 @@ CHECKS: list[Callable[[SiteConfig, HostPaths], object]] = [
 
 def run_checks(config: SiteConfig, paths: HostPaths = HostPaths()) -> list[Check]:
     """Run every check; a check that crashes is reported as a failure, never raised."""
+    _libvirt_qemu_user.cache_clear()  # ask libvirt afresh once per run, not once per check
     results: list[Check] = []
     for check in CHECKS:
         try:

@@ -353,10 +353,11 @@ def _copy_new_files(source: Path, target: Path) -> None:
 
 
 def _check_traversable(path: Path) -> None:
-    """Raise HostError unless every directory above ``path`` lets other users (QEMU) pass."""
-    from ..qemu_access import UNPRIVILEGED, closed_directories
+    """Raise HostError unless ``path`` and every directory above it, as written and with symlinks
+    resolved, lets other users (QEMU) pass."""
+    from ..qemu_access import UNPRIVILEGED, closed_above, closed_directories
 
-    closed = closed_directories([path, *path.parents], UNPRIVILEGED)
+    closed = closed_directories([path], UNPRIVILEGED) + closed_above(path, UNPRIVILEGED)
     if closed:
         parent = closed[0]
         raise HostError(

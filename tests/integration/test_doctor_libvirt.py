@@ -67,3 +67,30 @@ def test_images_and_state_dir_are_judged_as_libvirts_qemu_user(libvirt_uri, tmp_
         import shutil
 
         shutil.rmtree(base)
+
+
+def test_kvm_access_is_judged_as_libvirts_qemu_user(libvirt_uri, tmp_path):
+    """qemu.conf here says root, who may open a root-only device; libvirt runs QEMU as another user,
+    who may not: the check asks libvirt and judges that user."""
+    import os
+
+    from slurm_vc.doctor import WARN, check_kvm_access
+    from slurm_vc.hypervisor import Hypervisor
+
+    with Hypervisor(libvirt_uri) as hypervisor:
+        qemu = hypervisor.qemu_user("qemu")
+    assert qemu.uid > 0, "this test needs a libvirtd that runs QEMU as a non-root user"
+    device = tmp_path / "kvm"
+    device.write_text("")
+    os.chown(device, 0, 0)
+    device.chmod(0o600)
+    qemu_conf = tmp_path / "qemu.conf"
+    qemu_conf.write_text('user = "root"\n')
+    paths = HostPaths(dev_kvm=str(device), qemu_conf=str(qemu_conf))
+    config = config_from_mapping({"host": {"libvirt_uri": libvirt_uri, "domain_type": "qemu"}})
+    [closed] = check_kvm_access(config, paths)
+    assert closed.status == WARN and f"QEMU user {qemu.name}:" in closed.detail, closed.detail
+    os.chown(device, 0, min(gid for gid in qemu.gids if gid != 0))
+    device.chmod(0o660)
+    [shared] = check_kvm_access(config, paths)
+    assert shared.status == PASS and shared.detail.endswith(f"QEMU user {qemu.name}"), shared.detail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -131,6 +132,29 @@ def test_private_libvirtd_rejects_unknown_netns_and_hidden_base(tmp_path):
     with pytest.raises(HostError, match="not searchable by other users"):
         PrivateLibvirtd("x", hidden).start()
     assert not (hidden / "x").exists()
+
+
+def test_private_libvirtd_rejects_a_base_that_is_a_symlink_into_a_hidden_directory():
+    """The directories QEMU crosses are the resolved ones: a world-searchable link does not help."""
+    import tempfile
+
+    from slurm_vc.sandbox.libvirtd import PrivateLibvirtd
+
+    # not tmp_path: pytest's base directory is 0700, which would hide everything below it
+    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="vc-hidden-"))
+    daemon = PrivateLibvirtd("x", base / "link")
+    try:
+        base.chmod(0o755)
+        inner = base / "hidden" / "inner"
+        inner.mkdir(parents=True)
+        (base / "hidden").chmod(0o700)
+        (base / "link").symlink_to(inner)
+        with pytest.raises(HostError, match=f"{base / 'hidden'} is not searchable by other users"):
+            daemon.start()
+        assert not (inner / "x").exists()
+    finally:
+        daemon.stop()  # had it started (the check missing), it must not outlive the test
+        shutil.rmtree(base)
 
 
 # ------------------------------------------------------------------------------ hypervisor driver

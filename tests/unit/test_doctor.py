@@ -4,6 +4,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from slurm_vc import doctor
 from slurm_vc.config import config_from_mapping
 from slurm_vc.doctor import (
     FAIL,
@@ -20,6 +23,7 @@ from slurm_vc.doctor import (
     format_table,
     run_checks,
 )
+from slurm_vc.qemu_access import user_named
 
 
 def make_host(tmp_path: Path, *, flags="vmx", pvm=False, kvm=True, hugetlbfs=True) -> HostPaths:
@@ -198,7 +202,29 @@ def kvm_host(tmp_path: Path, mode: int, user: str) -> HostPaths:
     return host
 
 
-def test_kvm_access_follows_the_qemu_user_of_qemu_conf(tmp_path):
+@pytest.fixture
+def libvirt_unreachable(monkeypatch):
+    """As on a host whose libvirtd is down: doctor falls back to qemu.conf's user."""
+    monkeypatch.setattr(doctor, "_libvirt_qemu_user", lambda _uri, _domain_type: None)
+
+
+@pytest.fixture
+def libvirt_answers(monkeypatch):
+    """Make libvirt report ``user`` as QEMU's user; returns the list of (uri, domain_type) asked."""
+    asked: list[tuple[str, str]] = []
+
+    def answer(user):
+        def ask(uri, domain_type):
+            asked.append((uri, domain_type))
+            return user_named(user)
+
+        monkeypatch.setattr(doctor, "_libvirt_qemu_user", ask)
+        return asked
+
+    return answer
+
+
+def test_kvm_access_follows_the_qemu_user_of_qemu_conf(tmp_path, libvirt_unreachable):
     # "nobody" is neither the owner of the fake device (the test's user) nor in its group.
     closed = kvm_host(tmp_path / "a", 0o660, "nobody")
     [tcg] = check_kvm_access(config(domain_type="qemu"), closed)
@@ -212,10 +238,51 @@ def test_kvm_access_follows_the_qemu_user_of_qemu_conf(tmp_path):
     assert as_root.status == PASS
 
 
-def test_kvm_access_reports_an_unknown_qemu_user_and_skips_a_missing_device(tmp_path):
+def test_kvm_access_reports_an_unknown_qemu_user_and_skips_a_missing_device(tmp_path, libvirt_unreachable):
     [unknown] = check_kvm_access(config(), kvm_host(tmp_path / "a", 0o660, "no-such-user-xyz"))
     assert unknown.status == WARN and "no-such-user-xyz" in unknown.detail
     assert check_kvm_access(config(), make_host(tmp_path / "b", kvm=False)) == []
+
+
+def test_kvm_access_takes_libvirts_answer_over_qemu_conf(tmp_path, libvirt_answers):
+    """qemu.conf says root (who may open the 0600 device), libvirt says nobody (who may not): the
+    check judges nobody, as QEMU will run, and names the user libvirt reported."""
+    asked = libvirt_answers("nobody")
+    [check] = check_kvm_access(
+        config(domain_type="kvm", cpu_mode="host-passthrough"), kvm_host(tmp_path, 0o600, "root")
+    )
+    assert check.status == FAIL and "QEMU user nobody (uid " in check.detail, check.detail
+    assert asked == [("qemu:///system", "kvm")]
+
+
+def test_run_checks_asks_libvirt_for_qemus_user_once_per_run(tmp_path, monkeypatch):
+    """Three checks need QEMU's user (/dev/kvm, images, state_dir); one libvirt connection serves
+    them all, and the next run asks again (the answer may have changed)."""
+    import libvirt
+
+    opened: list[str] = []
+    real_open = libvirt.open
+
+    def counting_open(uri):
+        opened.append(uri)
+        return real_open(uri)
+
+    monkeypatch.setattr(libvirt, "open", counting_open)
+    cfg = config_from_mapping(
+        {
+            "host": {"libvirt_uri": "test:///default"},
+            "state_dir": str(tmp_path / "state"),
+            "images": {"d": {"disk": str(tmp_path / "d.qcow2")}},
+        }
+    )
+    host = make_host(tmp_path / "host")
+    run_checks(cfg, host)
+    first = opened.count("test:///default")
+    run_checks(cfg, host)
+    assert opened.count("test:///default") == 2 * first
+    # check_libvirt opens its own connection; QEMU's user costs exactly one more
+    [libvirt_check] = [c for c in run_checks(cfg, host) if c.name == "libvirtd"]
+    assert first == 2, (first, libvirt_check)
 
 
 def test_job_key_secret(tmp_path):
