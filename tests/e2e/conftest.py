@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import pytest
+from jobdir import job_workdir
 
 from slurm_vc.slurm import TERMINAL_JOB_STATES
 
@@ -60,6 +61,7 @@ class SandboxHandle:
     nodes: list[str]
     user: str
     slurm_conf: Path
+    workdir: Path  # the job user's working directory for this session (job_workdir)
     sandbox: object = field(repr=False)  # slurm_vc.sandbox.cluster.Sandbox
 
     def exec(
@@ -69,8 +71,11 @@ class SandboxHandle:
         timeout: float = 300,
         cwd: Optional[str] = None,
     ) -> subprocess.CompletedProcess:
-        """Run ``cmd`` (argv list, or a string for /bin/sh -c) as ``user`` (default: the job user)."""
+        """Run ``cmd`` (argv list, or a string for /bin/sh -c) as ``user`` (default: the job user).
+
+        It runs in ``cwd``, else in the session's ``workdir`` (where sbatch puts job output)."""
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        cwd = cwd or str(self.workdir)
         return self.sandbox.exec_argv(argv, user=user, cwd=cwd, capture=True, timeout=timeout)
 
     def node_config(self, node: str) -> Path:
@@ -97,13 +102,8 @@ class SandboxHandle:
     def login_config(self) -> Path:
         return self.sandbox.layout.login_config
 
-    @property
-    def workdir(self) -> Path:
-        """A directory the job user can write (job output lands here by default)."""
-        return Path(os.path.expanduser(f"~{self.user}"))
-
     def sbatch(self, *args: str, user: Optional[str] = None) -> int:
-        """Submit with ``sbatch --parsable ARGS`` from the job user's home; returns the job id."""
+        """Submit with ``sbatch --parsable ARGS`` from ``workdir``; returns the job id."""
         result = self.exec(["sbatch", "--parsable", *args], user=user)
         if result.returncode != 0:
             raise AssertionError(f"sbatch {shlex.join(args)} failed ({result.returncode}): {result.stderr}")
@@ -232,7 +232,8 @@ def require_sandbox() -> None:
 def sandbox(request):
     """A 3-node sandbox cluster (Slurm + per-node libvirtd), up once for the e2e session.
 
-    Its logs are kept only when a test of the session failed (for the post-mortem)."""
+    Its logs, and the jobs' output in ``workdir``, are kept only when a test of the session failed
+    (for the post-mortem)."""
     reason = sandbox_unavailable()
     if reason:
         pytest.skip(reason)
@@ -253,6 +254,7 @@ def sandbox(request):
         nodes=cluster.nodes,
         user=cluster.user,
         slurm_conf=cluster.layout.slurm_conf,
+        workdir=job_workdir(cluster.layout.log, cluster.user),
         sandbox=cluster,
     )
     try:

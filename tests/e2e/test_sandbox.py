@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from jobdir import job_workdir
 
 from slurm_vc.sandbox import net, procs
 from slurm_vc.sandbox.cluster import CRASH_ENV, DAEMON_COMMS, Sandbox
@@ -328,5 +330,21 @@ def test_session_fixture_runs_jobs(sandbox) -> None:
     job = sandbox.sbatch("-N3", "--wrap", "srun hostname")
     assert sandbox.wait_job(job) == "COMPLETED"
     assert sorted(sandbox.job_output(job).split()) == sandbox.nodes
+    # the output lands in the session's own directory, not in one shared with earlier sessions
+    assert Path(sandbox.job_info(job)["StdOut"]) == sandbox.workdir / f"slurm-{job}.out"
+    assert sandbox.workdir.is_relative_to(sandbox.base)
     assert sandbox.exec("id -un").stdout.strip() == sandbox.user
     assert sandbox.exec(["id", "-u"], user="root").stdout.strip() == "0"
+
+
+def test_job_workdir_drops_an_earlier_sessions_output(tmp_path) -> None:
+    """Job ids repeat between sessions of the same sandbox name: an earlier session's slurm-<id>.out
+    must not be there to be read as this session's (a requeue test once read a stale "RAN" line)."""
+    stale = tmp_path / "jobs" / "slurm-4200010.out"
+    stale.parent.mkdir()
+    stale.write_text("RAN restart=1\n")
+    workdir = job_workdir(tmp_path, "nobody")
+    assert workdir == stale.parent
+    assert list(workdir.iterdir()) == []
+    assert workdir.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert workdir.stat().st_mode & 0o777 == 0o755
